@@ -1,0 +1,299 @@
+"""Typed run configuration: dataclasses loaded from YAML, with ``a.b=value`` overrides.
+
+Every default is the authors' code value (spec ``damc.md`` §3, marked [code]); where the paper differs,
+the paper's value is reachable through an option named in the field's comment. Validation happens
+before anything runs: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
+with one line naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, mistyped or out of range. The message is one line."""
+
+
+def _num(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+         lt: float | None = None) -> Any:
+    """A numeric field with an allowed range, checked by :func:`validate`."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class ModelConfig:
+    """Network sizes (spec §1). Layer stacks are fixed per ``arch``; widths are parameters."""
+
+    arch: Literal["cifar10", "svhn", "celeba64", "celebahq256", "mnist", "digits"] = "cifar10"
+    nz: int = _num(128, ge=1)  # latent dimension: cifar10 128, svhn 100, celeba64 100, celebahq 128, mnist 8
+    ngf: int = _num(128, ge=1)  # generator base width (svhn 64)
+    ndf: int = _num(200, ge=1)  # energy MLP hidden width
+    nif: int = _num(64, ge=1)  # encoder base width ([code] MNIST uses 128; [paper] 64)
+    nemb: int = _num(1024, ge=1)  # image embedding (context) width
+    unet_nf: int = _num(4, ge=1)  # U-Net width factor f (blocks 32·f and 64·f wide); Table S6 ablates it
+    ntemb: int = _num(128, ge=4)  # sinusoidal time-embedding width (even: sin and cos halves)
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from (spec §3). Standard-format loaders arrive with the datasets issue."""
+
+    source: Literal["digits", "folder"] = "folder"
+    root: str = ""  # folder source: directory holding ``train_subdir`` and ``test_subdir``
+    train_subdir: str = "train"
+    test_subdir: str = "test"
+    flip: bool = True  # RandomHorizontalFlip(0.5); off for MNIST / digits
+    limit: int = _num(0, ge=0)  # 0 = all images; >0 caps the number of files read (smoke runs)
+
+
+@dataclass
+class DiffusionConfig:
+    """The latent diffusion amortizer Q (spec §2) and how it is trained (spec §3 step 5, §2 EMA)."""
+
+    n_steps: int = _num(100, ge=2)  # ancestral sampling steps (n_interval); the paper ablates 10 / 50
+    logsnr_min: float = -5.1
+    logsnr_max: float = 9.8
+    p_uncond: float = _num(0.2, ge=0.0, le=1.0)  # probability that a training row uses the random null token
+    # "mask": each row is conditional or unconditional with p_uncond (image runs);
+    # "both": each update sums the conditional and unconditional losses (MNIST anomaly script).
+    uncond_loss: Literal["mask", "both"] = "mask"
+    updates_per_iter: int = _num(6, ge=0)  # M amortizer updates per iteration
+    sampler_noise: bool = True  # Q_with_noise
+    ema_decay: float = _num(0.995, ge=0.0, le=1.0)
+    ema_every: int = _num(10, ge=1)
+    # [code] the EMA copy initialises both training chains; [paper] Listing 2 uses the online Q.
+    init_from: Literal["ema", "online"] = "ema"
+
+
+@dataclass
+class ChainConfig:
+    """One Langevin chain: z ← z − ½s²∇U(z) + s·ε (paper eq. 3 / 16)."""
+
+    n_steps: int = _num(30, ge=0)
+    step_size: float = _num(0.1, gt=0.0)
+    noise: bool = True
+
+
+@dataclass
+class LangevinConfig:
+    """Training-time chains (spec §3 steps 3-4)."""
+
+    posterior: ChainConfig = field(default_factory=lambda: ChainConfig(n_steps=30, step_size=0.1))
+    # [code] 0.4 (the LEBM default); [paper] says 0.1 for both chains.
+    prior: ChainConfig = field(default_factory=lambda: ChainConfig(n_steps=60, step_size=0.4))
+    likelihood_sigma: float = _num(0.1, gt=0.0)  # σ of N(G(z), σ²I): 0.1 image runs, 1.0 MNIST
+    # Prior-chain start for DAMC: the amortizer's draws plus as many N(0, I) chains (2B, image runs),
+    # or the draws alone (B, MNIST anomaly script). LEBM always starts B chains from N(0, I).
+    prior_init: Literal["posterior_and_noise", "posterior"] = "posterior_and_noise"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizers (spec §3 table) and the step-wise learning-rate decay."""
+
+    g_lr: float = _num(2e-4, gt=0.0)
+    e_lr: float = _num(1e-4, gt=0.0)
+    q_lr: float = _num(2e-4, gt=0.0)
+    beta1: float = _num(0.5, ge=0.0, lt=1.0)
+    beta2: float = _num(0.999, ge=0.0, lt=1.0)
+    q_weight_decay: float = _num(1e-4, ge=0.0)  # AdamW for Q; 0 in the MNIST script
+    grad_clip: float = _num(100.0, gt=0.0)  # total-norm clip for every network
+    lr_decay: float = _num(0.99, gt=0.0, le=1.0)
+    lr_decay_every: int = _num(1000, ge=1)
+    lr_min: float = _num(1e-5, ge=0.0)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _num(128, ge=1)
+    iterations: int = _num(200_000, ge=1)  # the paper: "converges within 200K"
+    seed: int = _num(0, ge=0)
+
+
+@dataclass
+class EvalConfig:
+    """Sample grids written during training (spec §4 protocols, small counts)."""
+
+    n_samples: int = _num(64, ge=1)  # images per grid
+    lebm_steps: int = _num(100, ge=0)  # Langevin prior sampling from N(0, I) for the "LEBM" grid
+    lebm_step_size: float = _num(0.4, gt=0.0)
+    recon_steps: int = _num(10, ge=0)  # noise-free posterior steps after the conditional draw
+    recon_step_size: float = _num(0.1, gt=0.0)
+
+
+@dataclass
+class LogConfig:
+    run_dir: str = "runs/default"
+    log_every: int = _num(50, ge=1)  # metrics line (the only place losses are read on the host)
+    sample_every: int = _num(1000, ge=1)  # PNG grids
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class SystemConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+    threads: int = _num(0, ge=0)  # CPU intra-op threads; 0 = torch default
+
+
+@dataclass
+class Config:
+    method: Literal["damc", "lebm"] = "damc"  # lebm: short-run chains from N(0, I) (spec §8)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    langevin: LangevinConfig = field(default_factory=LangevinConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building and validating
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} = {value!r}: expected a section (mapping of keys), got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin is Literal:
+        if not any(type(value) is type(a) and value == a for a in typing.get_args(tp)):
+            allowed = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"{path} = {value!r}: allowed values are {allowed}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation for {path}: {tp}")  # keep the schema simple
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"unsupported annotation for {path}: {tp}")
+    if not ok:
+        raise ConfigError(f"{path} = {value!r}: expected {_describe(tp)}")
+    return float(value) if tp is float else value
+
+
+def _check_range(path: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    for key, sym, ok in bounds:
+        b = meta.get(key)
+        if b is not None and not ok(value, b):
+            allowed = " and ".join(f"{s} {meta[k]}" for k, s, _ in bounds if meta.get(k) is not None)
+            raise ConfigError(f"{path} = {value!r}: must be {allowed}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key; allowed keys here are {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(path, value, hints[name])
+        if isinstance(kwargs[name], (int, float)) and not isinstance(kwargs[name], bool):
+            _check_range(path, kwargs[name], fields[name].metadata)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Re-check a config built in code and the cross-field rules. Returns ``cfg``."""
+    cfg = from_dict(to_dict(cfg))
+    if cfg.diffusion.logsnr_min >= cfg.diffusion.logsnr_max:
+        raise ConfigError(
+            f"diffusion.logsnr_min = {cfg.diffusion.logsnr_min!r}: must be < diffusion.logsnr_max "
+            f"({cfg.diffusion.logsnr_max!r})"
+        )
+    if cfg.model.ntemb % 2:
+        raise ConfigError(f"model.ntemb = {cfg.model.ntemb!r}: must be even (sin and cos halves)")
+    if cfg.data.source == "folder" and not cfg.data.root:
+        raise ConfigError("data.root = '': the folder source needs the directory that holds the images")
+    if cfg.data.source == "digits" and cfg.model.arch != "digits":
+        raise ConfigError(f"model.arch = {cfg.model.arch!r}: data.source 'digits' (8x8) needs model.arch 'digits'")
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    return _build(Config, data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys[: i + 1])}: is a value, not a section; cannot set {dotted}")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=value"`` → ``("a.b", value)``; the value is read as YAML (``1e-4``, ``true``, ``[1, 2]``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{text!r}: an override must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read ``path`` (YAML; ``None`` = all defaults), apply ``a.b=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r}: not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = loaded or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    return validate(from_dict(data))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,109 @@
+"""Image-grid output for samples and reconstructions (spec ``damc.md`` §3 "Data").
+
+Models work on images in [-1, 1] (``ToTensor -> Normalize(0.5, 0.5)``); this module maps them back to
+bytes and writes torchvision-``make_grid``-style PNG grids without requiring torchvision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["make_grid", "save_grid", "to_uint8"]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Map float images in [-1, 1] to a uint8 numpy array of the same layout.
+
+    Values are clamped first; -1 -> 0 and +1 -> 255 with round-to-nearest (the inverse of
+    ``x / 127.5 - 1``, so data images round-trip exactly). NaNs (a diverged run) become mid-grey rather
+    than undefined bytes, so a grid can still be written for inspection.
+    """
+    x = images.detach().to(device="cpu", dtype=torch.float32)
+    x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
+    return (x.add(1.0).mul(127.5).add(0.5)).floor().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def make_grid(
+    images: torch.Tensor,
+    nrow: int | None = None,
+    scale: int = 1,
+    padding: int = 2,
+    pad_value: int = 0,
+) -> np.ndarray:
+    """Tile ``(N, C, H, W)`` images in [-1, 1] into one ``(rows, cols, C)`` uint8 array.
+
+    Layout follows torchvision's ``make_grid``: ``nrow`` images per row (default ``ceil(sqrt(N))``)
+    with ``padding`` pixels between cells and around the border. Each cell is first upscaled by the
+    integer factor ``scale`` (nearest neighbour, so pixels stay sharp); ``padding`` is in output pixels.
+    """
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected images of shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    if c not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got C={c}")
+    if scale < 1 or padding < 0:
+        raise ValueError(f"scale must be >= 1 and padding >= 0, got scale={scale}, padding={padding}")
+    ncol = min(n, int(nrow)) if nrow is not None else math.ceil(math.sqrt(n))
+    if ncol < 1:
+        raise ValueError(f"nrow must be positive, got {nrow}")
+    nrows = math.ceil(n / ncol)
+
+    cells = to_uint8(images).transpose(0, 2, 3, 1)  # (N, H, W, C)
+    if scale > 1:
+        cells = cells.repeat(scale, axis=1).repeat(scale, axis=2)
+    ch, cw = h * scale, w * scale
+    grid = np.full(
+        (nrows * (ch + padding) + padding, ncol * (cw + padding) + padding, c), pad_value, dtype=np.uint8
+    )
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        y = padding + r * (ch + padding)
+        x = padding + k * (cw + padding)
+        grid[y : y + ch, x : x + cw] = cells[i]
+    return grid
+
+
+def save_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike[str],
+    nrow: int | None = None,
+    scale: int = 1,
+    padding: int = 2,
+    pad_value: int = 0,
+) -> Path:
+    """Write images in [-1, 1] as one PNG grid (see :func:`make_grid`); returns the path.
+
+    Grayscale images are saved as an 8-bit ``L`` PNG. The file is written to a temporary file in the
+    same directory and then ``os.replace``-d into place, so an interrupted run never leaves a truncated
+    PNG behind (the rename is atomic on one filesystem).
+    """
+    from PIL import Image
+
+    grid = make_grid(images, nrow=nrow, scale=scale, padding=padding, pad_value=pad_value)
+    # A 2-D uint8 array becomes an "L" image, (H, W, 3) becomes "RGB".
+    img = Image.fromarray(np.ascontiguousarray(grid[:, :, 0] if grid.shape[2] == 1 else grid))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the PNG ordinary file permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,279 @@
+"""The DAMC learner: state and one training iteration (paper Algorithm 1, spec ``damc.md`` §3).
+
+Order of one DAMC iteration (the authors' code, [code] values by default):
+    1. mask m (rand < p_uncond → unconditional row)
+    2. z0 = EMA-amortizer(x): conditional 100-step ancestral draw          (no grad)
+    3. z⁺ = 30 posterior Langevin steps from z0 (s 0.1, σ 0.1)
+    4. z⁻ = 60 prior Langevin steps from cat[z0, N(0, I)] (2B chains, s 0.4)
+    5. M = 6 amortizer updates on the targets z⁺ with mask m
+    6. G update on z⁺, then 7. E update on (z⁺, z⁻)
+    8. LR decay every 1,000 iterations, 9. EMA every 10 iterations.
+The short-run LEBM baseline (``method: lebm``, spec §8) starts both chains from N(0, I) and has no
+amortizer. The iteration returns its diagnostics as device tensors: nothing here reads a tensor value
+on the host, so the caller decides when to sync (log intervals).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from engine.config import Config
+from engine.diffusion import SamplerTable, ancestral_sample, diffusion_loss, sampler_table
+from engine.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
+from engine.models import Amortizer, Networks, build_networks
+
+
+@dataclass
+class Learner:
+    """Everything one training iteration reads or writes."""
+
+    cfg: Config
+    nets: Networks
+    amortizer_ema: Amortizer | None  # the authors' Q_dummy: initialises the training chains only
+    opt_g: torch.optim.Optimizer
+    opt_e: torch.optim.Optimizer
+    opt_q: torch.optim.Optimizer | None
+    table: SamplerTable  # ancestral-sampler coefficients on the device
+    rng: torch.Generator  # the run's device RNG; all draws of the iteration come from it
+    iteration: int = 0  # number of completed iterations
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.nets.generator.parameters()).device
+
+
+def build_learner(cfg: Config, device: torch.device, rng: torch.Generator) -> Learner:
+    """Networks (PyTorch default init, from the global seed), EMA copy, optimizers (spec §3 table)."""
+    damc = cfg.method == "damc"
+    nets = build_networks(cfg.model, with_amortizer=damc)
+    nets.generator.to(device)
+    nets.energy.to(device)
+    o = cfg.optim
+    betas = (o.beta1, o.beta2)
+    opt_g = torch.optim.Adam(nets.generator.parameters(), lr=o.g_lr, betas=betas)
+    opt_e = torch.optim.Adam(nets.energy.parameters(), lr=o.e_lr, betas=betas)
+    opt_q = ema = None
+    if damc:
+        assert nets.amortizer is not None
+        nets.amortizer.to(device)
+        ema = copy.deepcopy(nets.amortizer).requires_grad_(False)
+        opt_q = torch.optim.AdamW(nets.amortizer.parameters(), lr=o.q_lr, betas=betas,
+                                  weight_decay=o.q_weight_decay)
+    d = cfg.diffusion
+    table = sampler_table(d.n_steps, d.logsnr_min, d.logsnr_max, device=device)
+    return Learner(cfg, nets, ema, opt_g, opt_e, opt_q, table, rng)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling with the amortizer (training init, prior samples, reconstructions)
+
+
+def amortizer_sample(amortizer: Amortizer, table: SamplerTable, rng: torch.Generator, *,
+                     x: Tensor | None = None, n: int | None = None, nz: int,
+                     with_noise: bool = True) -> Tensor:
+    """Draw z (B, nz) with the ancestral sampler: conditional on images x, or unconditional (n rows).
+
+    The unconditional branch embeds a random null token ξ ~ N(0, I), drawn once per sample and kept for
+    all steps (spec §1.4). Draw order: [ξ], z_T, then one ε per step.
+    """
+    with torch.no_grad():
+        if x is not None:
+            xemb = amortizer.cond_embedding(x)  # (B, nemb), computed once for all steps
+            b, device = x.shape[0], x.device
+        else:
+            assert n is not None
+            device = table.logsnr.device
+            xi = torch.randn(n, nz, generator=rng, device=device)
+            xemb = amortizer.null_embedding(xi)
+            b = n
+        z = torch.randn(b, nz, generator=rng, device=device)
+        return ancestral_sample(lambda zt, lam: amortizer(zt, lam, xemb), z, table, generator=rng,
+                                with_noise=with_noise)
+
+
+def amortizer_loss(amortizer: Amortizer, z0: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
+                   logsnr_min: float, logsnr_max: float) -> Tensor:
+    """ε-loss on targets z0 (B, nz); row i is conditional where keep[i] = 1, else the random null token.
+
+    Draw order per call (spec §3 RNG order): ξ (B, nz), u (B,), ε (B, nz).
+    """
+    b, nz = z0.shape
+    xi = torch.randn(b, nz, generator=rng, device=z0.device)
+    keep = keep[:, None]
+    xemb = keep * amortizer.cond_embedding(x) + (1 - keep) * amortizer.null_embedding(xi)
+    u = torch.rand(b, generator=rng, device=z0.device)
+    eps = torch.randn(b, nz, generator=rng, device=z0.device)
+    return diffusion_loss(amortizer, z0, xemb, u, eps, logsnr_min, logsnr_max)
+
+
+def posterior_chain(nets: Networks, x: Tensor, z: Tensor, sigma: float, n_steps: int, step_size: float,
+                    with_noise: bool, rng: torch.Generator) -> Tensor:
+    """Langevin on ‖x − G(z)‖²/(2σ²) + E(z) + ½‖z‖² (eq. 16) from z (B, nz)."""
+    fn = posterior_energy(nets.generator, nets.energy, x, sigma)
+    return langevin_chain(z, lambda zz: energy_grad(fn, zz), n_steps, step_size, generator=rng,
+                          with_noise=with_noise)
+
+
+def prior_chain(nets: Networks, z: Tensor, n_steps: int, step_size: float, with_noise: bool,
+                rng: torch.Generator) -> Tensor:
+    """Langevin on E(z) + ½‖z‖² (eq. 3) from z (B, nz)."""
+    fn = prior_energy(nets.energy)
+    return langevin_chain(z, lambda zz: energy_grad(fn, zz), n_steps, step_size, generator=rng,
+                          with_noise=with_noise)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The training iteration
+
+
+def _step(opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor, clip: float) -> Tensor:
+    """zero_grad → backward → total-norm clip (returns the pre-clip norm, on device) → step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+    return norm
+
+
+def _lr_at(lr0: float, completed: int, decay: float, every: int, floor: float) -> float:
+    """lr0·decay^⌊completed/every⌋, floored: the authors' ``max(0.99·lr, 1e-5)`` every 1,000 iterations."""
+    return max(lr0 * decay ** (completed // every), floor)
+
+
+def set_learning_rates(learner: Learner) -> None:
+    """Set every optimizer's LR for the current iteration count (closed form, so resume is exact)."""
+    o = learner.cfg.optim
+    pairs = [(learner.opt_g, o.g_lr), (learner.opt_e, o.e_lr), (learner.opt_q, o.q_lr)]
+    for opt, lr0 in pairs:
+        if opt is None:
+            continue
+        lr = _lr_at(lr0, learner.iteration, o.lr_decay, o.lr_decay_every, o.lr_min)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ over parameters (the amortizer has no buffers)."""
+    t = list(target.parameters())
+    torch._foreach_mul_(t, decay)
+    torch._foreach_add_(t, list(source.parameters()), alpha=1.0 - decay)
+
+
+def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
+    """One iteration of Algorithm 1 on the batch x (B, C, H, W) in [−1, 1]; returns device diagnostics."""
+    cfg = learner.cfg
+    nets, rng = learner.nets, learner.rng
+    b, nz = x.shape[0], cfg.model.nz
+    lv = cfg.langevin
+    damc = cfg.method == "damc"
+
+    if damc:
+        d = cfg.diffusion
+        # 1. rows with rand < p_uncond train the unconditional (null-token) branch.
+        keep = (torch.rand(b, generator=rng, device=x.device) >= d.p_uncond).to(x.dtype)  # (B,)
+        # 2. Chain init from the amortizer ([code]: the EMA copy; [paper] Listing 2: the online net).
+        #    The authors also draw an unconditional sample zp = Q(x=None) here every iteration and never
+        #    use it; we skip that wasted 100-step draw (it only shifted their RNG stream).
+        init_net = learner.amortizer_ema if d.init_from == "ema" else nets.amortizer
+        z0 = amortizer_sample(init_net, learner.table, rng, x=x, nz=nz, with_noise=d.sampler_noise)
+    else:
+        z0 = torch.randn(b, nz, generator=rng, device=x.device)  # short-run LEBM: posterior from N(0, I)
+
+    # 3. Posterior chain: 30 steps on ‖x − G(z)‖²/(2σ²) + E(z) + ½‖z‖² (eq. 16).
+    pc = lv.posterior
+    z_pos = posterior_chain(nets, x, z0, lv.likelihood_sigma, pc.n_steps, pc.step_size, pc.noise, rng)
+
+    # 4. Prior chain: 60 steps on E(z) + ½‖z‖² (eq. 3), from the amortizer draws plus N(0, I) (2B chains).
+    if not damc:
+        z_neg0 = torch.randn(b, nz, generator=rng, device=x.device)
+    elif lv.prior_init == "posterior_and_noise":
+        z_neg0 = torch.cat([z0, torch.randn(b, nz, generator=rng, device=x.device)])  # (2B, nz)
+    else:
+        z_neg0 = z0
+    qc = lv.prior
+    z_neg = prior_chain(nets, z_neg0, qc.n_steps, qc.step_size, qc.noise, rng)
+
+    o = cfg.optim
+    out: dict[str, Tensor] = {}
+    # 5. Distil the refined posterior samples z⁺ back into the amortizer (Algorithm 1, line 7).
+    if damc:
+        assert nets.amortizer is not None and learner.opt_q is not None
+        q_losses = []
+        for _ in range(d.updates_per_iter):
+            if d.uncond_loss == "mask":
+                loss_q = amortizer_loss(nets.amortizer, z_pos, x, keep, rng, d.logsnr_min, d.logsnr_max)
+            else:  # MNIST anomaly script: conditional + unconditional loss on every row
+                ones = torch.ones_like(keep)
+                loss_q = amortizer_loss(nets.amortizer, z_pos, x, ones, rng, d.logsnr_min, d.logsnr_max)
+                loss_q = loss_q + amortizer_loss(nets.amortizer, z_pos, x, 1 - ones, rng,
+                                                 d.logsnr_min, d.logsnr_max)
+            out["grad_norm_q"] = _step(learner.opt_q, nets.amortizer, loss_q, o.grad_clip)
+            q_losses.append(loss_q.detach())
+        if q_losses:
+            out["loss_q"] = torch.stack(q_losses).mean()
+
+    # 6. Generator: mean over the batch of Σ_pixels (G(z⁺) − x)² (no 1/(2σ²) factor, as the code).
+    loss_g = (nets.generator(z_pos) - x).flatten(1).pow(2).sum(dim=1).mean()
+    out["grad_norm_g"] = _step(learner.opt_g, nets.generator, loss_g, o.grad_clip)
+
+    # 7. Energy: contrastive mean E(z⁺) − mean E(z⁻) (no L2 regulariser in the image runs).
+    e_pos, e_neg = nets.energy(z_pos).mean(), nets.energy(z_neg).mean()
+    loss_e = e_pos - e_neg
+    out["grad_norm_e"] = _step(learner.opt_e, nets.energy, loss_e, o.grad_clip)
+
+    # 8-9. LR decay and EMA use the completed-iteration count: host integers, no device sync.
+    learner.iteration += 1
+    if learner.iteration % o.lr_decay_every == 0:
+        set_learning_rates(learner)
+    if damc and learner.iteration % d.ema_every == 0:
+        assert learner.amortizer_ema is not None and nets.amortizer is not None
+        ema_update(learner.amortizer_ema, nets.amortizer, d.ema_decay)
+
+    out.update(
+        loss_g=loss_g.detach(),
+        loss_e=loss_e.detach(),
+        energy_pos=e_pos.detach(),
+        energy_neg=e_neg.detach(),
+        mse=(loss_g.detach() / x[0].numel()),  # per-pixel MSE of G(z⁺), [−1, 1] units
+        z_pos_norm=z_pos.norm(dim=1).mean(),
+        z_neg_norm=z_neg.norm(dim=1).mean(),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation-time draws (spec §4): the online amortizer, never the EMA copy. They take their own RNG so
+# that how often a run draws grids never changes its training stream.
+
+
+def damc_prior_latents(learner: Learner, n: int, rng: torch.Generator) -> Tensor:
+    """DAMC prior samples: the online amortizer's unconditional (random null token) draw."""
+    assert learner.nets.amortizer is not None
+    return amortizer_sample(learner.nets.amortizer, learner.table, rng, n=n, nz=learner.cfg.model.nz,
+                            with_noise=learner.cfg.diffusion.sampler_noise)
+
+
+def lebm_prior_latents(learner: Learner, n: int, n_steps: int, step_size: float,
+                       rng: torch.Generator) -> Tensor:
+    """"LEBM" prior samples: N(0, I) followed by Langevin on E(z) + ½‖z‖² (noise on)."""
+    z = torch.randn(n, learner.cfg.model.nz, generator=rng, device=learner.device)
+    return prior_chain(learner.nets, z, n_steps, step_size, True, rng)
+
+
+def reconstruct(learner: Learner, x: Tensor, n_steps: int, step_size: float, rng: torch.Generator) -> Tensor:
+    """G(z) for posterior z: the amortizer's conditional draw (N(0, I) for LEBM) + noise-free Langevin."""
+    nz = learner.cfg.model.nz
+    if learner.nets.amortizer is not None:
+        z = amortizer_sample(learner.nets.amortizer, learner.table, rng, x=x, nz=nz,
+                             with_noise=learner.cfg.diffusion.sampler_noise)
+    else:
+        z = torch.randn(x.shape[0], nz, generator=rng, device=x.device)
+    z = posterior_chain(learner.nets, x, z, learner.cfg.langevin.likelihood_sigma, n_steps, step_size,
+                        False, rng)
+    with torch.no_grad():
+        return learner.nets.generator(z)

@@ -1,0 +1,47 @@
+"""The one place that decides device, threads and seeding.
+
+Other modules take a ``torch.device`` and ``torch.Generator`` as arguments and never touch
+``torch.backends`` or environment variables. The reference configuration runs plain fp32: no TF32, no
+autocast, no cudnn autotuning (the authors set no backend flags, spec §3); fast paths arrive later
+behind their own switches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.config import SystemConfig
+
+
+def resolve_device(cfg: SystemConfig) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error before any work."""
+    if cfg.device == "cpu":
+        return torch.device("cpu")
+    if cfg.device == "cuda" or torch.cuda.is_available():
+        if not torch.cuda.is_available():
+            raise RuntimeError("system.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def setup(cfg: SystemConfig) -> torch.device:
+    device = resolve_device(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        # Faithful fp32: keep TF32 off so the reference matches the authors' arithmetic.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    """The run's device RNG: every draw of the training iteration comes from it, in a fixed order."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def seed_init(seed: int) -> None:
+    """Seed the global RNGs used by PyTorch's default parameter initialisation."""
+    torch.manual_seed(seed)
