@@ -8,6 +8,7 @@ with one line naming the field, the value and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -50,12 +51,13 @@ class ModelConfig:
 class DataConfig:
     """Where the training images come from (spec §3). Standard-format loaders arrive with the datasets issue."""
 
-    source: Literal["digits", "folder"] = "folder"
-    root: str = ""  # folder source: directory holding ``train_subdir`` and ``test_subdir``
+    source: Literal["digits", "folder", "mnist"] = "folder"
+    root: str = ""  # folder: directory holding the split subfolders; mnist: directory with the IDX files
     train_subdir: str = "train"
     test_subdir: str = "test"
     flip: bool = True  # RandomHorizontalFlip(0.5); off for MNIST / digits
     limit: int = _num(0, ge=0)  # 0 = all images; >0 caps the number of files read (smoke runs)
+    heldout_digit: int = _num(1, ge=0, le=9)  # mnist: the anomalous class (spec §4)
 
 
 @dataclass
@@ -186,6 +188,10 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported annotation for {path}: {tp}")  # keep the schema simple
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "2e-4" (no dot) as a string; accept it as the number it plainly is.
+        with contextlib.suppress(ValueError):
+            value = float(value)
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -202,7 +208,7 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
 def _check_range(path: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
               ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
-    for key, sym, ok in bounds:
+    for key, _, ok in bounds:
         b = meta.get(key)
         if b is not None and not ok(value, b):
             allowed = " and ".join(f"{s} {meta[k]}" for k, s, _ in bounds if meta.get(k) is not None)
@@ -235,8 +241,8 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.model.ntemb % 2:
         raise ConfigError(f"model.ntemb = {cfg.model.ntemb!r}: must be even (sin and cos halves)")
-    if cfg.data.source == "folder" and not cfg.data.root:
-        raise ConfigError("data.root = '': the folder source needs the directory that holds the images")
+    if cfg.data.source in ("folder", "mnist") and not cfg.data.root:
+        raise ConfigError(f"data.root = '': the {cfg.data.source} source needs the directory that holds the data")
     if cfg.data.source == "digits" and cfg.model.arch != "digits":
         raise ConfigError(f"model.arch = {cfg.model.arch!r}: data.source 'digits' (8x8) needs model.arch 'digits'")
     return cfg

@@ -63,6 +63,13 @@ def load_images(
         images = _load_digits(shape, split)
         if limit is not None:
             images = images[:limit]
+    elif source == "mnist":
+        root = getattr(data_cfg, "root", None)
+        if not root:
+            raise ValueError("data.root must be set for source='mnist' (the folder with the four IDX files)")
+        images, _ = load_mnist_anomaly(root, int(getattr(data_cfg, "heldout_digit", 1)), split)
+        if limit is not None:
+            images = images[:limit]
     elif source == "folder":
         subdir = getattr(data_cfg, f"{split}_subdir", split) or split
         root = getattr(data_cfg, "root", None)
@@ -70,8 +77,79 @@ def load_images(
             raise ValueError("data.root must be set for source='folder'")
         images = _load_folder(Path(root) / subdir, shape, limit)
     else:
-        raise ValueError(f"unknown data source {source!r}; expected 'digits' or 'folder'")
+        raise ValueError(f"unknown data source {source!r}; expected 'digits', 'mnist' or 'folder'")
     return images.contiguous()
+
+
+# MNIST in its distributed IDX format (gzipped or not) and the anomaly-detection protocol of spec §4.
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (``.gz`` or raw): big-endian header, magic 0x0000 08 <ndim>, uint8 payload."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"could not read IDX file {path}: {exc}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) if dims else 0
+    if len(data) - offset != expected:
+        raise ValueError(f"{path} is truncated or corrupt: header promises {expected} bytes of data "
+                         f"for shape {tuple(dims)}, found {len(data) - offset}")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(
+        f"MNIST: looked for {stem} or {stem}.gz in {root} and found neither; the four IDX files "
+        f"({', '.join(MNIST_FILES.values())}) are distributed at http://yann.lecun.com/exdb/mnist/"
+    )
+
+
+def load_mnist_anomaly(root: str | Path, heldout_digit: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anomaly split of spec §4: (images uint8 (N, 1, 28, 28), labels (N,) with 1 = anomaly).
+
+    All 70,000 images (train then t10k) are pooled; the normals (every digit but ``heldout_digit``) are
+    permuted with ``RandomState(42)``; train = the first 80 % of them; test = the remaining normals plus
+    every held-out image, permuted again with the same RandomState object. The authors pool a
+    ``mnist.npz`` (train/valid/test) instead, so the pooled order, and hence the exact split, differs.
+    """
+    if not 0 <= heldout_digit <= 9:
+        raise ValueError(f"heldout_digit must be 0..9, got {heldout_digit}")
+    root = Path(root)
+    parts = {k: read_idx(_find_idx(root, v)) for k, v in MNIST_FILES.items()}
+    x = np.concatenate([parts["train_images"], parts["test_images"]])  # (70000, 28, 28)
+    y = np.concatenate([parts["train_labels"], parts["test_labels"]])
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"MNIST in {root}: {x.shape[0]} images but {y.shape[0]} labels")
+    normal, anomal = x[y != heldout_digit], x[y == heldout_digit]
+    rng = np.random.RandomState(42)
+    normal = normal[rng.permutation(len(normal))]
+    n_train = int(0.8 * len(normal))
+    if split == "train":
+        imgs, labels = normal[:n_train], np.zeros(n_train, dtype=np.int64)
+    else:
+        imgs = np.concatenate([normal[n_train:], anomal])
+        labels = np.concatenate([np.zeros(len(normal) - n_train, np.int64), np.ones(len(anomal), np.int64)])
+        perm = rng.permutation(len(imgs))
+        imgs, labels = imgs[perm], labels[perm]
+    return torch.from_numpy(np.ascontiguousarray(imgs[:, None])), torch.from_numpy(labels)
 
 
 def _check_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -85,8 +85,9 @@ def save_checkpoint(learner: Learner, path: Path) -> None:
     _atomic_write(path, lambda f: torch.save(state, f))
 
 
-def _grid_scale(height: int) -> int:
-    return max(1, 32 // height)  # 8×8 digits are drawn 4× so that a grid is legible
+def _grid_style(height: int) -> dict[str, int]:
+    # 8×8 digits are drawn 4× so that a grid is legible; grey separators between black-background cells.
+    return {"scale": max(1, 32 // height), "pad_value": 128}
 
 
 def write_grids(learner: Learner, x_test: torch.Tensor, run_dir: Path, seed: int) -> None:
@@ -94,20 +95,20 @@ def write_grids(learner: Learner, x_test: torch.Tensor, run_dir: Path, seed: int
     cfg = learner.cfg
     rng = system.make_generator(learner.device, seed)
     n, tag = cfg.eval.n_samples, f"{learner.iteration:07d}"
-    scale = _grid_scale(x_test.shape[-1])
+    style = _grid_style(x_test.shape[-1])
     nets = learner.nets
     with torch.no_grad():
         if nets.amortizer is not None:
             save_grid(nets.generator(damc_prior_latents(learner, n, rng)), run_dir / f"samples_damc_{tag}.png",
-                      scale=scale)
+                      **style)
     z = lebm_prior_latents(learner, n, cfg.eval.lebm_steps, cfg.eval.lebm_step_size, rng)
     with torch.no_grad():
-        save_grid(nets.generator(z), run_dir / f"samples_lebm_{tag}.png", scale=scale)
+        save_grid(nets.generator(z), run_dir / f"samples_lebm_{tag}.png", **style)
     recon = reconstruct(learner, x_test, cfg.eval.recon_steps, cfg.eval.recon_step_size, rng)
     # Rows alternate: 8 test images, then their 8 reconstructions.
     cols = 8
     pairs = [t for i in range(0, x_test.shape[0], cols) for t in (x_test[i:i + cols], recon[i:i + cols])]
-    save_grid(torch.cat(pairs), run_dir / f"recon_{tag}.png", nrow=cols, scale=scale)
+    save_grid(torch.cat(pairs), run_dir / f"recon_{tag}.png", nrow=cols, **style)
 
 
 def _host_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
