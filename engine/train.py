@@ -118,20 +118,31 @@ def _host_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, values, strict=True))
 
 
-def train(cfg: Config) -> Path:
-    run_dir = prepare_run_dir(cfg)
-    device = system.setup(cfg.system)
+def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images and a few test images (uint8); a data problem becomes one clear config error."""
     shape = IMAGE_SHAPES[cfg.model.arch]
-    limit = cfg.data.limit or None
-    train_images = load_images(cfg.data, shape, "train", limit=limit)
     try:
-        test_images = load_images(cfg.data, shape, "test", limit=cfg.eval.n_samples // 2)
+        train_images = load_images(cfg.data, shape, "train", limit=cfg.data.limit or None)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise ConfigError(f"data ({cfg.data.source}, root {cfg.data.root!r}): {exc}") from None
+    if train_images.shape[0] < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: larger than the "
+                          f"{train_images.shape[0]} training images")
+    try:
+        test_images = load_images(cfg.data, shape, "test", limit=max(1, cfg.eval.n_samples // 2))
     except (FileNotFoundError, ValueError) as exc:
         print(f"no test split ({exc}); reconstruction grids use training images", file=sys.stderr)
         test_images = train_images
+    return train_images, test_images
+
+
+def train(cfg: Config) -> Path:
+    train_images, test_images = load_data(cfg)  # before anything is written
+    run_dir = prepare_run_dir(cfg)
+    device = system.setup(cfg.system)
     stream = BatchStream(train_images, cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
                          device=device)
-    x_test = fixed_batch(test_images, min(cfg.eval.n_samples // 2, test_images.shape[0]), device)
+    x_test = fixed_batch(test_images, min(max(1, cfg.eval.n_samples // 2), test_images.shape[0]), device)
 
     system.seed_init(cfg.train.seed)
     rng = system.make_generator(device, cfg.train.seed)
@@ -199,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -63,3 +63,12 @@ def test_dry_run_prints_resolved_config(capsys) -> None:  # type: ignore[no-unty
     assert main(["--dry-run", "train.iterations=9"]) == 0  # default config = quickstart
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["iterations"] == 9 and printed["data"]["source"] == "digits"
+
+
+def test_missing_data_is_one_clear_error_and_writes_nothing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "run"
+    missing = tmp_path / "no_such_dataset"
+    rc = main([str(REPO / "configs" / "cifar10.yaml"), f"data.root={missing}", f"log.run_dir={run}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: data (folder") and str(missing) in err and "\n" not in err
+    assert not run.exists()

@@ -65,7 +65,7 @@ def test_digits_wrong_shape_and_bad_args() -> None:
     with pytest.raises(ValueError, match="split"):
         load_images(cfg("digits"), (1, 8, 8), "val")
     with pytest.raises(ValueError, match="unknown data source"):
-        load_images(cfg("mnist"), (1, 8, 8), "train")
+        load_images(cfg("imagenet"), (1, 8, 8), "train")
 
 
 # --------------------------------------------------------------------------------------------------
