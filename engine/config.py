@@ -49,10 +49,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the training images come from (spec §3). Standard-format loaders arrive with the datasets issue."""
+    """Where the training images come from, in the datasets' distributed formats (spec §3, §4)."""
 
-    source: Literal["digits", "folder", "mnist"] = "folder"
-    root: str = ""  # folder: directory holding the split subfolders; mnist: directory with the IDX files
+    # cifar10: cifar-10-batches-py (or the .tar.gz) under root; svhn: train_32x32.mat / test_32x32.mat;
+    # mnist: the four IDX files (anomaly split, spec §4); folder: images under root/<split subdir>;
+    # digits: the 8x8 set inside scikit-learn (quickstart).
+    source: Literal["digits", "folder", "mnist", "cifar10", "svhn"] = "folder"
+    root: str = ""  # directory holding the dataset files
+    download: bool = True  # cifar10 / svhn / mnist: fetch the official files when absent (checksums verified)
     train_subdir: str = "train"
     test_subdir: str = "test"
     flip: bool = True  # RandomHorizontalFlip(0.5); off for MNIST / digits
@@ -241,7 +245,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.model.ntemb % 2:
         raise ConfigError(f"model.ntemb = {cfg.model.ntemb!r}: must be even (sin and cos halves)")
-    if cfg.data.source in ("folder", "mnist") and not cfg.data.root:
+    if cfg.data.source != "digits" and not cfg.data.root:
         raise ConfigError(f"data.root = '': the {cfg.data.source} source needs the directory that holds the data")
     if cfg.data.source == "digits" and cfg.model.arch != "digits":
         raise ConfigError(f"model.arch = {cfg.model.arch!r}: data.source 'digits' (8x8) needs model.arch 'digits'")
