@@ -126,6 +126,10 @@ class TrainConfig:
     batch_size: int = _num(128, ge=1)
     iterations: int = _num(200_000, ge=1)  # the paper: "converges within 200K"
     seed: int = _num(0, ge=0)
+    # Non-finite losses, energies or latents: "stop" keeps the last good checkpoint and exits;
+    # "rollback" reloads it and continues with a different seed (at most max_rollbacks times).
+    on_divergence: Literal["stop", "rollback"] = "stop"
+    max_rollbacks: int = _num(3, ge=0)
 
 
 @dataclass
@@ -142,9 +146,12 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     run_dir: str = "runs/default"
-    log_every: int = _num(50, ge=1)  # metrics line (the only place losses are read on the host)
+    log_every: int = _num(50, ge=1)  # metrics line + divergence check (the only host reads of losses)
     sample_every: int = _num(1000, ge=1)  # PNG grids
-    progress: bool = True  # tqdm progress bar
+    checkpoint_every: int = _num(5000, ge=1)  # plus one at the end and on SIGINT/SIGTERM
+    keep_checkpoints: int = _num(3, ge=1)  # the newest K are kept
+    progress: bool = True  # tqdm progress bar; false (or --quiet) for batch jobs
+    tensorboard: bool = False  # event files beside metrics.jsonl (needs the tensorboard package)
 
 
 @dataclass
@@ -307,3 +314,21 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# Fields that may change when a run is resumed: they do not alter what the next iteration computes.
+RESUMABLE_CHANGES = ("train.iterations", "train.on_divergence", "train.max_rollbacks", "log.", "eval.",
+                     "system.", "data.root", "data.download")
+
+
+def resume_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts, except the ones a resume may change."""
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += resume_differences(a, b, path + ".")
+        elif a != b and not any(path == r or (r.endswith(".") and path.startswith(r)) for r in RESUMABLE_CHANGES):
+            out.append(f"{path} ({a!r} in the run, {b!r} now)")
+    return out

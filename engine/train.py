@@ -1,88 +1,105 @@
-"""Command line: ``python -m engine.train [CONFIG] [a.b=value ...] [--dry-run]``.
+"""Command line: ``python -m engine.train [CONFIG] [a.b=value ...] [--resume RUN_DIR] [--quiet] [--dry-run]``.
 
-Loads and validates the config (default: ``configs/quickstart.yaml``), prepares the run directory, then
-trains with a progress bar, JSON-lines metrics, PNG grids (DAMC prior samples, LEBM Langevin prior samples,
-test reconstructions) every ``log.sample_every`` iterations and a final checkpoint. Uses CUDA when present,
-else CPU. Losses stay on the device between log intervals; they are read once per ``log.log_every``.
+Loads and validates the config (default: ``configs/quickstart.yaml``), checks data and run directory, then
+trains with a progress bar, JSON-lines metrics (and optional TensorBoard events), PNG grids (DAMC prior
+samples, LEBM Langevin prior samples, test reconstructions), periodic atomic checkpoints and a final one.
+An existing run directory resumes from its latest checkpoint, bit-for-bit. SIGINT/SIGTERM finish the current
+iteration, write a checkpoint and exit 0. Uses CUDA when present, else CPU. Losses stay on the device
+between log intervals; they are read once per ``log.log_every``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
+import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TextIO
 
 import torch
 
-from engine import system
-from engine.config import Config, ConfigError, dump_config, load_config, to_dict
+from engine import checkpoint, system
+from engine.checkpoint import CheckpointError
+from engine.config import Config, ConfigError, dump_config, load_config, resume_differences, to_dict
 from engine.data import BatchStream, fixed_batch, load_images
+from engine.guard import DivergenceGuard
 from engine.images import save_grid
-from engine.learner import (
-    Learner,
-    build_learner,
-    damc_prior_latents,
-    lebm_prior_latents,
-    reconstruct,
-    train_step,
-)
+from engine.learner import Learner, build_learner, damc_prior_latents, lebm_prior_latents, reconstruct, train_step
 from engine.models import IMAGE_SHAPES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (divergence); the message says why and what was kept."""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preparation: everything that can fail on bad input fails here, before the first iteration
+
+
+def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images and a few test images (uint8); a data problem becomes one clear config error."""
+    shape = IMAGE_SHAPES[cfg.model.arch]
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        train_images = load_images(cfg.data, shape, "train", limit=cfg.data.limit or None)
+    except (FileNotFoundError, ValueError, ImportError, OSError) as exc:
+        raise ConfigError(f"data ({cfg.data.source}, root {cfg.data.root!r}): {exc}") from None
+    if train_images.shape[0] < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: larger than the "
+                          f"{train_images.shape[0]} training images")
+    try:
+        test_images = load_images(cfg.data, shape, "test", limit=max(1, cfg.eval.n_samples // 2))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        _say(f"no test split ({exc}); reconstruction grids use training images")
+        test_images = train_images
+    return train_images, test_images
 
 
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create the run directory, refuse to overwrite an existing run, save the resolved config."""
+def prepare_run_dir(cfg: Config) -> tuple[Path, dict[str, Any] | None]:
+    """Create the run directory; return the latest checkpoint's state when the run is being resumed.
+
+    A resumed run must use the same config except for fields that do not change the computation
+    (``RESUMABLE_CHANGES``: iteration budget, logging, evaluation, device, data location).
+    """
     run_dir = Path(cfg.log.run_dir)
-    if (run_dir / CHECKPOINT_NAME).exists():
-        raise ConfigError(f"log.run_dir = {str(run_dir)!r}: already holds a finished run ({CHECKPOINT_NAME}); "
-                          "choose another log.run_dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
     except OSError as exc:
-        raise ConfigError(f"log.run_dir = {str(run_dir)!r}: cannot write there ({exc.strerror})") from None
-    return run_dir
+        raise ConfigError(f"log.run_dir = {str(run_dir)!r}: cannot create it ({exc.strerror})") from None
+    state = None
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is not None:
+        state = checkpoint.load(latest)
+        diffs = resume_differences(state["config"], to_dict(cfg))
+        if diffs:
+            raise ConfigError(f"log.run_dir = {str(run_dir)!r}: holds a run with a different config; "
+                              f"changed: {'; '.join(diffs)}. Choose another log.run_dir")
+        if state["iteration"] >= cfg.train.iterations:
+            raise ConfigError(f"log.run_dir = {str(run_dir)!r}: already finished {state['iteration']} of "
+                              f"train.iterations = {cfg.train.iterations}; raise train.iterations to continue")
+    return run_dir, state
 
 
-def save_checkpoint(learner: Learner, path: Path) -> None:
-    """Everything needed to sample or continue: weights, EMA copy, optimizers, iteration, RNG, config."""
-    nets = learner.nets
-    state: dict[str, Any] = {
-        "iteration": learner.iteration,
-        "config": to_dict(learner.cfg),
-        "generator": nets.generator.state_dict(),
-        "energy": nets.energy.state_dict(),
-        "opt_g": learner.opt_g.state_dict(),
-        "opt_e": learner.opt_e.state_dict(),
-        "rng": learner.rng.get_state(),
-    }
-    if nets.amortizer is not None:
-        assert learner.amortizer_ema is not None and learner.opt_q is not None
-        state.update(amortizer=nets.amortizer.state_dict(), amortizer_ema=learner.amortizer_ema.state_dict(),
-                     opt_q=learner.opt_q.state_dict())
-    _atomic_write(path, lambda f: torch.save(state, f))
+def _tensorboard(cfg: Config, run_dir: Path) -> Any:
+    if not cfg.log.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("log.tensorboard = true: needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output
 
 
 def _grid_style(height: int) -> dict[str, int]:
@@ -99,8 +116,8 @@ def write_grids(learner: Learner, x_test: torch.Tensor, run_dir: Path, seed: int
     nets = learner.nets
     with torch.no_grad():
         if nets.amortizer is not None:
-            save_grid(nets.generator(damc_prior_latents(learner, n, rng)), run_dir / f"samples_damc_{tag}.png",
-                      **style)
+            z_damc = damc_prior_latents(learner, n, rng)
+            save_grid(nets.generator(z_damc), run_dir / f"samples_damc_{tag}.png", **style)
     z = lebm_prior_latents(learner, n, cfg.eval.lebm_steps, cfg.eval.lebm_step_size, rng)
     with torch.no_grad():
         save_grid(nets.generator(z), run_dir / f"samples_lebm_{tag}.png", **style)
@@ -118,99 +135,170 @@ def _host_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, values, strict=True))
 
 
-def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training images and a few test images (uint8); a data problem becomes one clear config error."""
-    shape = IMAGE_SHAPES[cfg.model.arch]
-    try:
-        train_images = load_images(cfg.data, shape, "train", limit=cfg.data.limit or None)
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        raise ConfigError(f"data ({cfg.data.source}, root {cfg.data.root!r}): {exc}") from None
-    if train_images.shape[0] < cfg.train.batch_size:
-        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: larger than the "
-                          f"{train_images.shape[0]} training images")
-    try:
-        test_images = load_images(cfg.data, shape, "test", limit=max(1, cfg.eval.n_samples // 2))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"no test split ({exc}); reconstruction grids use training images", file=sys.stderr)
-        test_images = train_images
-    return train_images, test_images
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag checked between iterations; a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:  # second signal: give up on the clean stop
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
 
 
 def train(cfg: Config) -> Path:
     train_images, test_images = load_data(cfg)  # before anything is written
-    run_dir = prepare_run_dir(cfg)
+    run_dir, resume_state = prepare_run_dir(cfg)
     device = system.setup(cfg.system)
     stream = BatchStream(train_images, cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
                          device=device)
     x_test = fixed_batch(test_images, min(max(1, cfg.eval.n_samples // 2), test_images.shape[0]), device)
-
     system.seed_init(cfg.train.seed)
-    rng = system.make_generator(device, cfg.train.seed)
-    learner = build_learner(cfg, device, rng)
-    grid_seed = cfg.train.seed + 1
+    learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+    checkpoint.check_writable(run_dir, checkpoint.estimate_bytes(learner))
+    tb = _tensorboard(cfg, run_dir)
+    checkpoint.atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
+    if resume_state is not None:
+        checkpoint.restore(learner, stream, resume_state)
+        _say(f"resumed {run_dir} at iteration {learner.iteration}")
+    last_saved = learner.iteration
 
-    total = cfg.train.iterations
-    metrics_path = run_dir / "metrics.jsonl"
+    def save() -> None:
+        nonlocal last_saved
+        problem = guard.problem()  # never write a diverged state
+        if problem is not None:
+            raise _Diverged(problem)
+        checkpoint.save(run_dir, checkpoint.capture(learner, stream), cfg.log.keep_checkpoints)
+        last_saved = learner.iteration
+
+    total, start_it = cfg.train.iterations, learner.iteration
+    guard, rollbacks = DivergenceGuard(), 0
     bar = None
     if cfg.log.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, dynamic_ncols=True, desc=f"{cfg.method} {cfg.model.arch}", file=sys.stderr)
+        bar = tqdm(total=total, initial=start_it, dynamic_ncols=True, desc=f"{cfg.method} {cfg.model.arch}",
+                   file=sys.stderr)
+    _say(f"run dir {run_dir} | device {device} | {train_images.shape[0]} training images | "
+         f"iterations {start_it}→{total} at batch {cfg.train.batch_size}")
     t_start = t_last = time.perf_counter()
-    last_it = 0
-    print(f"run dir {run_dir} | device {device} | {train_images.shape[0]} training images | "
-          f"{total} iterations at batch {cfg.train.batch_size}", file=sys.stderr)
-    with open(metrics_path, "a") as log_file:
-        while learner.iteration < total:
-            metrics = train_step(learner, next(stream))
-            it = learner.iteration
-            if it % cfg.log.log_every == 0 or it == total:
-                now = time.perf_counter()
-                host = _host_metrics(metrics)
-                its = (it - last_it) / max(now - t_last, 1e-9)
-                if not all(math.isfinite(v) for v in host.values()):
-                    bad = ", ".join(k for k, v in host.items() if not math.isfinite(v))
-                    raise FloatingPointError(f"iteration {it}: non-finite {bad}; stopping")
-                record = {"iteration": it, "time_s": round(now - t_start, 3), "it_per_s": round(its, 4),
-                          "lr_g": learner.opt_g.param_groups[0]["lr"], **host}
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
+    last_it = start_it
+    log_file: TextIO
+    with open(run_dir / "metrics.jsonl", "a") as log_file, _StopSignals() as stop:
+        while learner.iteration < total and stop.received is None:
+            try:
+                metrics = train_step(learner, next(stream))
+                it = learner.iteration
+                guard.update(metrics, it)
+                if it % cfg.log.log_every == 0 or it == total:
+                    problem = guard.problem()
+                    if problem is not None:
+                        raise _Diverged(problem)
+                    now = time.perf_counter()
+                    host = _host_metrics(metrics)
+                    record = {"iteration": it, "time_s": round(now - t_start, 3),
+                              "it_per_s": round((it - last_it) / max(now - t_last, 1e-9), 4),
+                              "lr_g": learner.opt_g.param_groups[0]["lr"], **host}
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    if tb is not None:
+                        for k, v in host.items():
+                            tb.add_scalar(k, v, it)
+                    if bar is not None:
+                        shown = {k: f"{host[k]:.4g}" for k in ("loss_g", "loss_e", "loss_q") if k in host}
+                        bar.set_postfix(shown)
+                    t_last, last_it = now, it
                 if bar is not None:
-                    bar.set_postfix(loss_g=f"{host['loss_g']:.4g}", loss_e=f"{host['loss_e']:.3g}",
-                                    **({"loss_q": f"{host['loss_q']:.3g}"} if "loss_q" in host else {}))
-                t_last, last_it = now, it
-            if bar is not None:
-                bar.update(1)
-            if it % cfg.log.sample_every == 0 or it == total:
-                write_grids(learner, x_test, run_dir, grid_seed)
+                    bar.update(1)
+                if it % cfg.log.sample_every == 0 or it == total:
+                    write_grids(learner, x_test, run_dir, cfg.train.seed + 1)
+                if it % cfg.log.checkpoint_every == 0:
+                    save()
+            except _Diverged as div:
+                kept = checkpoint.latest_checkpoint(run_dir)
+                where = f"kept the last good checkpoint {kept.name}" if kept else "no checkpoint had been written"
+                if cfg.train.on_divergence == "stop" or kept is None or rollbacks >= cfg.train.max_rollbacks:
+                    raise TrainingStopped(f"non-finite {div}; stopped, {where}") from None
+                rollbacks += 1
+                checkpoint.restore(learner, stream, checkpoint.load(kept))
+                # A different seed for the chains and the amortizer draws from here on; the data order is kept.
+                learner.rng.manual_seed(cfg.train.seed + 1_000_003 * rollbacks)
+                guard.reset()
+                log_file.write(json.dumps({"iteration": learner.iteration, "event": "rollback",
+                                           "reason": str(div), "rollback": rollbacks}) + "\n")
+                _say(f"non-finite {div}; rolled back to {kept.name} with a new seed ({rollbacks}/"
+                     f"{cfg.train.max_rollbacks})")
+                if bar is not None:
+                    bar.reset(total=total)
+                    bar.update(learner.iteration)
+        if learner.iteration != last_saved:
+            save()
     if bar is not None:
         bar.close()
-    save_checkpoint(learner, run_dir / CHECKPOINT_NAME)
-    print(f"done: {total} iterations in {time.perf_counter() - t_start:.1f} s; checkpoint and grids in "
-          f"{run_dir}", file=sys.stderr)
+    if tb is not None:
+        tb.close()
+    if stop.received is not None:
+        _say(f"stopped by {stop.received} at iteration {learner.iteration}; checkpoint written. "
+             f"Resume with: python -m engine.train --resume {run_dir}")
+    else:
+        _say(f"done: iterations {start_it}→{learner.iteration} in {time.perf_counter() - t_start:.1f} s; "
+             f"checkpoint and grids in {run_dir}")
     return run_dir
+
+
+class _Diverged(Exception):
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    parser.add_argument("config", nargs="?", help=f"YAML config (default: {DEFAULT_CONFIG.name}, or the "
+                        "run's saved config.yaml with --resume)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=100")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs); same as log.progress=false")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():
         overrides.insert(0, config)  # `python -m engine.train a.b=1` with the default config
         config = None
+    if args.resume is not None:
+        saved = Path(args.resume) / "config.yaml"
+        if config is None:
+            if not saved.is_file():
+                print(f"error: --resume {args.resume}: no config.yaml there", file=sys.stderr)
+                return 2
+            config = str(saved)
+        overrides.append(f"log.run_dir={args.resume}")
+    if args.quiet:
+        overrides.append("log.progress=false")
     try:
         cfg = load_config(config if config is not None else DEFAULT_CONFIG, overrides)
         if args.dry_run:
             print(dump_config(cfg), end="")
             return 0
         train(cfg)
-    except ConfigError as exc:
+    except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except FloatingPointError as exc:
+    except TrainingStopped as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -32,13 +32,13 @@ def test_quickstart_runs_a_few_iterations(tmp_path: Path) -> None:
         for it in (2, 4):
             with Image.open(run / f"{kind}_{it:07d}.png") as im:
                 assert im.size[0] > 32 and im.size[1] > 32
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(run / "ckpt-0000004.pt", weights_only=True)
     assert ckpt["iteration"] == 4
-    assert {"generator", "energy", "amortizer", "amortizer_ema", "opt_g", "opt_e", "opt_q", "rng"} <= set(ckpt)
+    assert {"generator", "energy", "amortizer", "amortizer_ema", "opt_g", "opt_e", "opt_q", "rng", "data"} <= set(ckpt)
     assert not list(run.glob(".*tmp"))
     # an existing finished run is never overwritten
     assert main([QUICK, f"log.run_dir={run}", "train.iterations=4", "log.progress=false", *SMALL]) == 2
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert torch.load(run / "ckpt-0000004.pt", weights_only=True)["iteration"] == 4
 
 
 def test_lebm_method_through_the_cli(tmp_path: Path) -> None:
