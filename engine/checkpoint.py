@@ -178,3 +178,30 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != 1:
         raise CheckpointError(f"{path} is not a checkpoint written by this engine")
     return state
+
+
+def load_run(run_dir: Path, device: torch.device, path: Path | None = None) -> Learner:
+    """A learner rebuilt from a run directory's latest (or a given) checkpoint, for evaluation and sampling.
+
+    The config comes from the checkpoint itself; networks, EMA copy, optimizers, iteration and the run RNG
+    are restored (the data stream is not needed to evaluate).
+    """
+    from engine import system
+    from engine.config import from_dict
+    from engine.learner import build_learner
+
+    path = path or latest_checkpoint(run_dir)
+    if path is None:
+        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {run_dir}")
+    state = load(path)
+    cfg = from_dict(state["config"])
+    learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+    nets = learner.nets
+    nets.generator.load_state_dict(state["generator"])
+    nets.energy.load_state_dict(state["energy"])
+    if nets.amortizer is not None:
+        assert learner.amortizer_ema is not None
+        nets.amortizer.load_state_dict(state["amortizer"])
+        learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
+    learner.iteration = int(state["iteration"])
+    return learner

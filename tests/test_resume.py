@@ -223,3 +223,15 @@ def test_tensorboard_events_beside_metrics(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert main([QUICK, *TINY, f"log.run_dir={run}", "train.iterations=2", "log.tensorboard=true"]) == 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_load_run_rebuilds_the_trained_networks(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main([QUICK, *TINY, f"log.run_dir={run}", "train.iterations=3"]) == 0
+    learner = checkpoint.load_run(run, torch.device("cpu"))
+    state = checkpoint.load(checkpoint.latest_checkpoint(run))  # type: ignore[arg-type]
+    assert learner.iteration == 3 and learner.cfg.model.nz == 8
+    for k, v in learner.nets.amortizer.state_dict().items():  # type: ignore[union-attr]
+        assert torch.equal(v, state["amortizer"][k])
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        checkpoint.load_run(tmp_path / "empty", torch.device("cpu"))
