@@ -160,6 +160,29 @@ class SystemConfig:
     threads: int = _num(0, ge=0)  # CPU intra-op threads; 0 = torch default
 
 
+Switch = Literal["auto", "on", "off"]
+
+
+@dataclass
+class PerfConfig:
+    """Speed switches (``engine/perf.py`` decides what they mean on the device at hand).
+
+    ``reference`` is the faithful eager fp32 path; ``fast`` turns on every switch left at ``auto`` that the
+    device supports (CUDA graphs, bf16 autocast, torch.compile, Triton kernels, channels_last, TF32, cudnn
+    autotuning). A switch set to ``on`` or ``off`` overrides the preset. A missing capability falls back
+    with one log line.
+    """
+
+    preset: Literal["reference", "fast"] = "reference"
+    graphs: Switch = "auto"  # the 30/60-step chains and the 100-step sampler as CUDA graphs
+    compile: Switch = "auto"  # torch.compile of the per-step functions
+    amp: Switch = "auto"  # bf16 autocast for G, encoder and U-Net (z, updates, energies stay fp32)
+    kernels: Switch = "auto"  # fused Triton Langevin / ancestral-step kernels
+    channels_last: Switch = "auto"
+    tf32: Switch = "auto"  # TF32 for the remaining fp32 matmuls / convolutions
+    cudnn_benchmark: Switch = "auto"
+
+
 @dataclass
 class Config:
     method: Literal["damc", "lebm"] = "damc"  # lebm: short-run chains from N(0, I) (spec §8)
@@ -172,6 +195,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,6 +278,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.ntemb = {cfg.model.ntemb!r}: must be even (sin and cos halves)")
     if cfg.data.source != "digits" and not cfg.data.root:
         raise ConfigError(f"data.root = '': the {cfg.data.source} source needs the directory that holds the data")
+    if cfg.data.source == "mnist" and cfg.data.flip:
+        raise ConfigError("data.flip = True: MNIST is never flipped (spec §3, anomaly script); set data.flip=false")
     if cfg.data.source == "digits" and cfg.model.arch != "digits":
         raise ConfigError(f"model.arch = {cfg.model.arch!r}: data.source 'digits' (8x8) needs model.arch 'digits'")
     return cfg
@@ -318,7 +344,7 @@ def dump_config(cfg: Config) -> str:
 
 # Fields that may change when a run is resumed: they do not alter what the next iteration computes.
 RESUMABLE_CHANGES = ("train.iterations", "train.on_divergence", "train.max_rollbacks", "log.", "eval.",
-                     "system.", "data.root", "data.download")
+                     "system.", "perf.", "data.root", "data.download")
 
 
 def resume_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

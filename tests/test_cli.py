@@ -68,7 +68,9 @@ def test_dry_run_prints_resolved_config(capsys) -> None:  # type: ignore[no-unty
 def test_missing_data_is_one_clear_error_and_writes_nothing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "run"
     missing = tmp_path / "no_such_dataset"
-    rc = main([str(REPO / "configs" / "cifar10.yaml"), f"data.root={missing}", f"log.run_dir={run}"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: data (folder") and str(missing) in err and "\n" not in err
-    assert not run.exists()
+    for source in ("cifar10", "folder"):
+        rc = main([str(REPO / "configs" / "cifar10.yaml"), f"data.source={source}", f"data.root={missing}",
+                   "data.download=false", f"log.run_dir={run}"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith(f"error: data ({source}") and str(missing) in err and "\n" not in err
+        assert not run.exists()

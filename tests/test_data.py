@@ -299,3 +299,19 @@ def test_stream_cuda_matches_cpu() -> None:
         xb = next(b)
         assert xb.is_cuda
         assert torch.equal(next(a), xb.cpu())
+
+
+def test_folder_truncated_or_empty_images_name_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for ext in ("png", "jpg", "bmp", "webp"):
+        d = tmp_path / ext
+        _write(d / "train" / "0_ok.png", np.zeros((16, 16, 3), np.uint8))
+        bad = d / "train" / f"1_bad.{ext}"
+        _write(bad, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))  # noisy: no tiny compressed form
+        full = bad.read_bytes()
+        for blob in (full[: len(full) // 2], full[:30], b""):
+            bad.write_bytes(blob)
+            with pytest.raises(ValueError, match=f"could not decode image file .*1_bad.{ext}"):
+                load_images(cfg(root=str(d)), (3, 16, 16), "train")
+        bad.write_bytes(full)
+        assert load_images(cfg(root=str(d)), (3, 16, 16), "train").shape == (2, 3, 16, 16)
