@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ class Learner:
     table: SamplerTable  # ancestral-sampler coefficients on the device
     rng: torch.Generator  # the run's device RNG; all draws of the iteration come from it
     iteration: int = 0  # number of completed iterations
+    chains: Any = None  # how the three loops run: ReferenceChains (default) or FastChains (engine.chains)
 
     @property
     def device(self) -> torch.device:
@@ -65,7 +67,11 @@ def build_learner(cfg: Config, device: torch.device, rng: torch.Generator) -> Le
                                   weight_decay=o.q_weight_decay)
     d = cfg.diffusion
     table = sampler_table(d.n_steps, d.logsnr_min, d.logsnr_max, device=device)
-    return Learner(cfg, nets, ema, opt_g, opt_e, opt_q, table, rng)
+    learner = Learner(cfg, nets, ema, opt_g, opt_e, opt_q, table, rng)
+    from engine.chains import ReferenceChains
+
+    learner.chains = ReferenceChains(learner)
+    return learner
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -130,6 +136,16 @@ def prior_chain(nets: Networks, z: Tensor, n_steps: int, step_size: float, with_
 # The training iteration
 
 
+def _q_loss(amortizer: Amortizer, z_pos: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
+            d: Any) -> Tensor:
+    """One amortizer loss (spec §3 step 5): masked rows, or conditional + unconditional (MNIST script)."""
+    if d.uncond_loss == "mask":
+        return amortizer_loss(amortizer, z_pos, x, keep, rng, d.logsnr_min, d.logsnr_max)
+    ones = torch.ones_like(keep)
+    return (amortizer_loss(amortizer, z_pos, x, ones, rng, d.logsnr_min, d.logsnr_max)
+            + amortizer_loss(amortizer, z_pos, x, 1 - ones, rng, d.logsnr_min, d.logsnr_max))
+
+
 def _step(opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor, clip: float) -> Tensor:
     """zero_grad → backward → total-norm clip (returns the pre-clip norm, on device) → step."""
     opt.zero_grad(set_to_none=True)
@@ -171,6 +187,7 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
     b, nz = x.shape[0], cfg.model.nz
     lv = cfg.langevin
     damc = cfg.method == "damc"
+    chains = learner.chains
 
     if damc:
         d = cfg.diffusion
@@ -180,13 +197,12 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
         #    The authors also draw an unconditional sample zp = Q(x=None) here every iteration and never
         #    use it; we skip that wasted 100-step draw (it only shifted their RNG stream).
         init_net = learner.amortizer_ema if d.init_from == "ema" else nets.amortizer
-        z0 = amortizer_sample(init_net, learner.table, rng, x=x, nz=nz, with_noise=d.sampler_noise)
+        z0 = chains.cond_draw(init_net, x)
     else:
         z0 = torch.randn(b, nz, generator=rng, device=x.device)  # short-run LEBM: posterior from N(0, I)
 
     # 3. Posterior chain: 30 steps on ‖x − G(z)‖²/(2σ²) + E(z) + ½‖z‖² (eq. 16).
-    pc = lv.posterior
-    z_pos = posterior_chain(nets, x, z0, lv.likelihood_sigma, pc.n_steps, pc.step_size, pc.noise, rng)
+    z_pos = chains.posterior(x, z0)
 
     # 4. Prior chain: 60 steps on E(z) + ½‖z‖² (eq. 3), from the amortizer draws plus N(0, I) (2B chains).
     if not damc:
@@ -195,8 +211,7 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
         z_neg0 = torch.cat([z0, torch.randn(b, nz, generator=rng, device=x.device)])  # (2B, nz)
     else:
         z_neg0 = z0
-    qc = lv.prior
-    z_neg = prior_chain(nets, z_neg0, qc.n_steps, qc.step_size, qc.noise, rng)
+    z_neg = chains.prior(z_neg0)
 
     o = cfg.optim
     out: dict[str, Tensor] = {}
@@ -205,20 +220,16 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
         assert nets.amortizer is not None and learner.opt_q is not None
         q_losses = []
         for _ in range(d.updates_per_iter):
-            if d.uncond_loss == "mask":
-                loss_q = amortizer_loss(nets.amortizer, z_pos, x, keep, rng, d.logsnr_min, d.logsnr_max)
-            else:  # MNIST anomaly script: conditional + unconditional loss on every row
-                ones = torch.ones_like(keep)
-                loss_q = amortizer_loss(nets.amortizer, z_pos, x, ones, rng, d.logsnr_min, d.logsnr_max)
-                loss_q = loss_q + amortizer_loss(nets.amortizer, z_pos, x, 1 - ones, rng,
-                                                 d.logsnr_min, d.logsnr_max)
+            with chains.autocast():  # bf16 encoder / U-Net on the fast path; a no-op for the reference
+                loss_q = _q_loss(nets.amortizer, z_pos, x, keep, rng, d)
             out["grad_norm_q"] = _step(learner.opt_q, nets.amortizer, loss_q, o.grad_clip)
             q_losses.append(loss_q.detach())
         if q_losses:
             out["loss_q"] = torch.stack(q_losses).mean()
-
     # 6. Generator: mean over the batch of Σ_pixels (G(z⁺) − x)² (no 1/(2σ²) factor, as the code).
-    loss_g = (nets.generator(z_pos) - x).flatten(1).pow(2).sum(dim=1).mean()
+    with chains.autocast():
+        x_hat = nets.generator(z_pos)
+    loss_g = (x_hat.float() - x).flatten(1).pow(2).sum(dim=1).mean()
     out["grad_norm_g"] = _step(learner.opt_g, nets.generator, loss_g, o.grad_clip)
 
     # 7. Energy: contrastive mean E(z⁺) − mean E(z⁻) (no L2 regulariser in the image runs).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from engine.config import SystemConfig
+from engine.perf import PerfPlan
 
 
 def resolve_device(cfg: SystemConfig) -> torch.device:
@@ -33,6 +34,15 @@ def setup(cfg: SystemConfig) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return device
+
+
+def apply_perf(plan: PerfPlan, device: torch.device) -> None:
+    """Backend flags of the fast path (TF32 for the remaining fp32 matmuls, cudnn autotuning)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = plan.tf32
+    torch.backends.cudnn.allow_tf32 = plan.tf32
+    torch.backends.cudnn.benchmark = plan.cudnn_benchmark
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

@@ -21,7 +21,8 @@ from typing import Any, TextIO
 
 import torch
 
-from engine import checkpoint, system
+from engine import checkpoint, perf, system
+from engine.chains import build_chains
 from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, dump_config, load_config, resume_differences, to_dict
 from engine.data import BatchStream, fixed_batch, load_images
@@ -171,12 +172,17 @@ def train(cfg: Config) -> Path:
     x_test = fixed_batch(test_images, min(max(1, cfg.eval.n_samples // 2), test_images.shape[0]), device)
     system.seed_init(cfg.train.seed)
     learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+    plan, note = perf.resolve(cfg.perf, device)
+    if note:
+        _say(note)
+    system.apply_perf(plan, device)
     checkpoint.check_writable(run_dir, checkpoint.estimate_bytes(learner))
     tb = _tensorboard(cfg, run_dir)
     checkpoint.atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
     if resume_state is not None:
         checkpoint.restore(learner, stream, resume_state)
         _say(f"resumed {run_dir} at iteration {learner.iteration}")
+    learner.chains = build_chains(learner, plan)  # after restore: graphs capture the restored weights in place
     last_saved = learner.iteration
 
     def save() -> None:
@@ -195,7 +201,7 @@ def train(cfg: Config) -> Path:
 
         bar = tqdm(total=total, initial=start_it, dynamic_ncols=True, desc=f"{cfg.method} {cfg.model.arch}",
                    file=sys.stderr)
-    _say(f"run dir {run_dir} | device {device} | {train_images.shape[0]} training images | "
+    _say(f"run dir {run_dir} | device {device} | {plan.describe()} | {train_images.shape[0]} training images | "
          f"iterations {start_it}→{total} at batch {cfg.train.batch_size}")
     t_start = t_last = time.perf_counter()
     last_it = start_it

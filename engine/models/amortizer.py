@@ -150,7 +150,10 @@ class LatentUNet(nn.Module):
         temb = self.time_embedding(logsnr)  # (B, ntemb)
         ctx_act = F.silu(torch.cat([temb, xemb], dim=1))  # (B, ntemb + nemb); temb first
 
-        zb = 2 * math.pi * (z @ self.fourier_B)  # (B, nz//2)
+        # Fourier features stay fp32 under autocast: the phases 2π·zB are O(10) rad, and bf16's 8-bit
+        # mantissa would put ~0.05 rad of error into every sin/cos (no effect on the fp32 reference).
+        with torch.autocast(z.device.type, enabled=False):
+            zb = 2 * math.pi * (z.float() @ self.fourier_B.float())  # (B, nz//2)
         h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1)  # (B, 2·(nz//2) + nz)
 
         skips: list[Tensor] = []
