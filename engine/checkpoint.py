@@ -24,8 +24,8 @@ from typing import IO, Any
 
 import torch
 
-from engine.data import BatchStream
 from engine.learner import Learner
+from engine.loaders import Loader
 
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
 
@@ -77,7 +77,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         pass  # some filesystems cannot fsync a directory; the rename is still atomic
 
 
-def capture(learner: Learner, stream: BatchStream) -> dict[str, Any]:
+def capture(learner: Learner, stream: Loader) -> dict[str, Any]:
     """The full training state as plain tensors and Python values (loadable with weights_only=True)."""
     nets = learner.nets
     state: dict[str, Any] = {
@@ -108,7 +108,7 @@ def _config_dict(learner: Learner) -> dict[str, Any]:
     return to_dict(learner.cfg)
 
 
-def restore(learner: Learner, stream: BatchStream, state: dict[str, Any]) -> None:
+def restore(learner: Learner, stream: Loader, state: dict[str, Any]) -> None:
     """Load ``state`` into a freshly built learner and stream (in place: addresses stay stable)."""
     nets = learner.nets
     nets.generator.load_state_dict(state["generator"])

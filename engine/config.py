@@ -57,6 +57,9 @@ class DataConfig:
     source: Literal["digits", "folder", "mnist", "cifar10", "svhn"] = "folder"
     root: str = ""  # directory holding the dataset files
     download: bool = True  # cifar10 / svhn / mnist: fetch the official files when absent (checksums verified)
+    # Batch loader (engine/loaders.py). auto: GPU-resident when the decoded set fits 1/4 of the GPU, DALI for
+    # larger folders (if installed), else the CPU loader; all give the same sample order and resumable state.
+    loader: Literal["auto", "dali", "gpu", "torch"] = "auto"
     train_subdir: str = "train"
     test_subdir: str = "test"
     flip: bool = True  # RandomHorizontalFlip(0.5); off for MNIST / digits
@@ -344,7 +347,7 @@ def dump_config(cfg: Config) -> str:
 
 # Fields that may change when a run is resumed: they do not alter what the next iteration computes.
 RESUMABLE_CHANGES = ("train.iterations", "train.on_divergence", "train.max_rollbacks", "log.", "eval.",
-                     "system.", "perf.", "data.root", "data.download")
+                     "system.", "perf.", "data.root", "data.download", "data.loader")
 
 
 def resume_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

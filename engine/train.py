@@ -25,10 +25,11 @@ from engine import checkpoint, perf, system
 from engine.chains import build_chains
 from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, dump_config, load_config, resume_differences, to_dict
-from engine.data import BatchStream, fixed_batch, load_images
+from engine.data import fixed_batch, load_images
 from engine.guard import DivergenceGuard
 from engine.images import save_grid
 from engine.learner import Learner, build_learner, damc_prior_latents, lebm_prior_latents, reconstruct, train_step
+from engine.loaders import FolderSpec, make_loader
 from engine.models import IMAGE_SHAPES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
@@ -46,22 +47,31 @@ def _say(msg: str) -> None:
 # Preparation: everything that can fail on bad input fails here, before the first iteration
 
 
-def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training images and a few test images (uint8); a data problem becomes one clear config error."""
+def load_data(cfg: Config) -> tuple[torch.Tensor | FolderSpec, torch.Tensor, int]:
+    """The training source (decoded uint8, or an undecoded folder for DALI), a few test images, and the
+    training-set size; a data problem becomes one clear config error before anything is written."""
     shape = IMAGE_SHAPES[cfg.model.arch]
+    train_source: torch.Tensor | FolderSpec
     try:
-        train_images = load_images(cfg.data, shape, "train", limit=cfg.data.limit or None)
+        if cfg.data.source == "folder" and cfg.data.loader in ("auto", "dali"):
+            # Listed now (fails fast on a missing folder); decoded by the loader, or streamed by DALI.
+            train_source = FolderSpec(Path(cfg.data.root) / (cfg.data.train_subdir or "train"), shape,
+                                      cfg.data.limit or None)
+            n_train = len(train_source.files)
+        else:
+            train_source = load_images(cfg.data, shape, "train", limit=cfg.data.limit or None)
+            n_train = int(train_source.shape[0])
     except (FileNotFoundError, ValueError, ImportError, OSError) as exc:
         raise ConfigError(f"data ({cfg.data.source}, root {cfg.data.root!r}): {exc}") from None
-    if train_images.shape[0] < cfg.train.batch_size:
-        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: larger than the "
-                          f"{train_images.shape[0]} training images")
+    if n_train < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: larger than the {n_train} training images")
+    n_test = max(1, cfg.eval.n_samples // 2)
     try:
-        test_images = load_images(cfg.data, shape, "test", limit=max(1, cfg.eval.n_samples // 2))
+        test_images = load_images(cfg.data, shape, "test", limit=n_test)
     except (FileNotFoundError, ValueError, OSError) as exc:
         _say(f"no test split ({exc}); reconstruction grids use training images")
-        test_images = train_images
-    return train_images, test_images
+        test_images = load_images(cfg.data, shape, "train", limit=n_test)
+    return train_source, test_images, n_train
 
 
 def prepare_run_dir(cfg: Config) -> tuple[Path, dict[str, Any] | None]:
@@ -164,11 +174,11 @@ class _StopSignals:
 
 
 def train(cfg: Config) -> Path:
-    train_images, test_images = load_data(cfg)  # before anything is written
+    train_source, test_images, n_train = load_data(cfg)  # before anything is written
     run_dir, resume_state = prepare_run_dir(cfg)
     device = system.setup(cfg.system)
-    stream = BatchStream(train_images, cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
-                         device=device)
+    stream, loader_kind = make_loader(cfg.data.loader, train_source, cfg.train.batch_size, seed=cfg.train.seed,
+                                      flip=cfg.data.flip, device=device, log=_say)
     x_test = fixed_batch(test_images, min(max(1, cfg.eval.n_samples // 2), test_images.shape[0]), device)
     system.seed_init(cfg.train.seed)
     learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
@@ -201,7 +211,7 @@ def train(cfg: Config) -> Path:
 
         bar = tqdm(total=total, initial=start_it, dynamic_ncols=True, desc=f"{cfg.method} {cfg.model.arch}",
                    file=sys.stderr)
-    _say(f"run dir {run_dir} | device {device} | {plan.describe()} | {train_images.shape[0]} training images | "
+    _say(f"run dir {run_dir} | device {device} | {plan.describe()} | loader {loader_kind} | {n_train} images | "
          f"iterations {start_it}→{total} at batch {cfg.train.batch_size}")
     t_start = t_last = time.perf_counter()
     last_it = start_it
