@@ -1,36 +1,175 @@
-"""Benchmark fixtures: device choice, problem sizes, synchronized timing.
+"""Benchmark fixtures: device, problem sizes, backend-flag isolation, and the synchronized timing harness.
 
-On a GPU the suite uses the paper's sizes (CIFAR-10 networks, batch 128); on CPU it uses tiny sizes so it
-only checks that everything runs. Every timed callable ends with a device synchronize.
+On a GPU the suite uses the paper's sizes (CIFAR-10 networks, batch 128 for training, 64 for sampling);
+on CPU it uses tiny sizes and only checks that everything runs. Environment overrides:
+    DAMC_BENCH_SIZES=paper|smoke   default: paper on CUDA, smoke on CPU
+    DAMC_BENCH_ROUNDS=N            timed rounds per benchmark (default: GPU 10, 5 for heavy phases; CPU 2)
+    DAMC_BENCH_WARMUP=N            warm-up calls before timing (default: GPU 2, CPU 1)
+    DAMC_BENCH_THREADS=N           CPU intra-op threads (default 1 on CPU; untouched on CUDA)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+import gc
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
 
+from bench.env import environment
+from bench.phases import REPO, SMOKE_OVERRIDES, Sizes
+from bench.phases import bench_config as _bench_config
 from engine import system
-from engine.config import Config, load_config
+from engine.config import Config
 from engine.learner import Learner, build_learner
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.nz=16", "model.ngf=16", "model.nif=16", "model.nemb=128", "model.unet_nf=1",
-        "train.batch_size=16"]
+__all__ = ["REPO", "TINY", "make_learner", "synced", "sync", "measure", "plan"]
+
+TINY = SMOKE_OVERRIDES  # the name the first bench used; kept for other bench files
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"{name}={raw}: must be >= 0")
+    return value
+
+
+def plan(device: torch.device, heavy: bool = False) -> tuple[int, int]:
+    """(timed rounds, warm-up calls) for one benchmark on ``device``."""
+    rounds = _env_int("DAMC_BENCH_ROUNDS")
+    warmup = _env_int("DAMC_BENCH_WARMUP")
+    if device.type == "cuda":
+        default_rounds, default_warmup = (5 if heavy else 10), 2
+    else:
+        default_rounds, default_warmup = 2, 1  # smoke: the CPU run checks that everything runs
+    return max(1, rounds if rounds is not None else default_rounds), (
+        warmup if warmup is not None else default_warmup)
+
+
+def measure(benchmark: Any, fn: Callable[[], object], device: torch.device, *, rounds: int,
+            warmup: int) -> dict[str, Any]:
+    """Time ``fn`` with pytest-benchmark; returns warm-up time and peak memory for ``extra_info``.
+
+    Every call ends with a device synchronize, because pytest-benchmark reads ``time.perf_counter``
+    and would otherwise time the kernel launches only. The first ``warmup`` calls (compilation,
+    graph capture, autotuning, cuDNN/lazy-module initialisation) run through pedantic's warm-up
+    rounds, which pytest-benchmark leaves out of its statistics; we time them ourselves so the warm-up
+    cost is reported on its own.
+    """
+    durations: list[float] = []
+
+    def timed() -> None:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        durations.append(time.perf_counter() - t0)
+
+    resident = None
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    out: dict[str, Any] = {
+        "warmup_calls": warmup,
+        "warmup_s": sum(durations[:warmup]),
+        "first_call_s": durations[0] if durations else None,
+        "peak_mem_bytes": None,
+        "resident_mem_bytes": resident,
+    }
+    if device.type == "cuda":
+        # Peak over warm-up and timed rounds, including the resident weights and optimizer state.
+        out["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixtures
 
 
 @pytest.fixture(scope="session")
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    # The CPU run is a smoke test, not a CPU benchmark. Tiny ops fanned out over OpenMP threads collapse
+    # (10-50x) on a loaded 2-core CI runner while the threads spin-wait, so run single-threaded by default.
+    threads = _env_int("DAMC_BENCH_THREADS")
+    torch.set_num_threads(max(1, threads if threads is not None else 1))
+    return torch.device("cpu")
 
 
 @pytest.fixture(scope="session")
-def bench_config(device: torch.device) -> Config:
+def sizes(device: torch.device) -> Sizes:
+    raw = os.environ.get("DAMC_BENCH_SIZES", "").strip()
+    if raw:
+        if raw not in ("paper", "smoke"):
+            raise pytest.UsageError(f"DAMC_BENCH_SIZES={raw}: expected 'paper' or 'smoke'")
+        return raw  # type: ignore[return-value]
+    return "paper" if device.type == "cuda" else "smoke"
+
+
+@pytest.fixture(scope="session")
+def bench_config(sizes: Sizes) -> Config:
+    return _bench_config(sizes)
+
+
+@pytest.fixture(scope="session")
+def env_info(device: torch.device) -> dict[str, Any]:
+    return environment(device)
+
+
+def _backend_flags() -> dict[str, Any]:
+    return {
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def _restore_flags(flags: dict[str, Any]) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
+    torch.backends.cudnn.allow_tf32 = flags["cudnn_tf32"]
+    torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = flags["cudnn_deterministic"]
+    torch.set_float32_matmul_precision(flags["matmul_precision"])
+
+
+@pytest.fixture(autouse=True)
+def _isolate(device: torch.device) -> Iterator[None]:
+    """Restore process-global backend flags and free device memory after every benchmark.
+
+    Configurations set global switches (TF32, cudnn.benchmark) in their builders; without this a fast
+    configuration measured first would silently speed up the reference measured after it.
+    """
+    flags = _backend_flags()
+    yield
+    _restore_flags(flags)
+    if "torch._dynamo" in sys.modules:
+        # Each benchmark compiles its own functions inside its own warm-up; compiled code left over from the
+        # previous benchmark would also count towards Dynamo's recompile limit and silently fall back to eager.
+        torch._dynamo.reset()
+    gc.collect()
     if device.type == "cuda":
-        return load_config(REPO / "configs" / "cifar10.yaml", ["data.root=unused"])
-    return load_config(REPO / "configs" / "quickstart.yaml", TINY)
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers kept for other bench files (bench_kernels.py)
 
 
 def make_learner(cfg: Config, device: torch.device) -> Learner:
@@ -41,7 +180,6 @@ def make_learner(cfg: Config, device: torch.device) -> Learner:
 def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
     def run() -> None:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
 
     return run

@@ -45,25 +45,46 @@ class ReferenceChains:
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def cond_draw(self, net: nn.Module, x: Tensor) -> Tensor:
+    def cond_draw(self, net: nn.Module, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """The conditional ancestral draw z ~ Q(z | x), (B, nz)."""
         from engine.learner import amortizer_sample
 
         lr = self.learner
-        return amortizer_sample(net, lr.table, lr.rng, x=x, nz=lr.cfg.model.nz,
+        return amortizer_sample(net, lr.table, rng or lr.rng, x=x, nz=lr.cfg.model.nz,
                                 with_noise=lr.cfg.diffusion.sampler_noise)
 
-    def posterior(self, x: Tensor, z0: Tensor) -> Tensor:
+    def uncond_draw(self, net: nn.Module, n: int, rng: torch.Generator | None = None) -> Tensor:
+        """The unconditional (random null token) draw: DAMC prior samples, (n, nz)."""
+        from engine.learner import amortizer_sample
+
+        lr = self.learner
+        return amortizer_sample(net, lr.table, rng or lr.rng, n=n, nz=lr.cfg.model.nz,
+                                with_noise=lr.cfg.diffusion.sampler_noise)
+
+    def posterior(self, x: Tensor, z0: Tensor, *, n_steps: int | None = None, step_size: float | None = None,
+                  with_noise: bool | None = None, rng: torch.Generator | None = None) -> Tensor:
+        """Langevin on eq. 16 from z0; unset arguments take the training chain's config."""
         from engine.learner import posterior_chain
 
         lr, lv = self.learner, self.learner.cfg.langevin
-        pc = lv.posterior
-        return posterior_chain(lr.nets, x, z0, lv.likelihood_sigma, pc.n_steps, pc.step_size, pc.noise, lr.rng)
+        n_steps, step_size, with_noise = _chain_args(lv.posterior, n_steps, step_size, with_noise)
+        return posterior_chain(lr.nets, x, z0, lv.likelihood_sigma, n_steps, step_size, with_noise, rng or lr.rng)
 
-    def prior(self, z0: Tensor) -> Tensor:
+    def prior(self, z0: Tensor, *, n_steps: int | None = None, step_size: float | None = None,
+              with_noise: bool | None = None, rng: torch.Generator | None = None) -> Tensor:
+        """Langevin on eq. 3 from z0; unset arguments take the training chain's config."""
         from engine.learner import prior_chain
 
-        lr, qc = self.learner, self.learner.cfg.langevin.prior
-        return prior_chain(lr.nets, z0, qc.n_steps, qc.step_size, qc.noise, lr.rng)
+        lr = self.learner
+        n_steps, step_size, with_noise = _chain_args(lr.cfg.langevin.prior, n_steps, step_size, with_noise)
+        return prior_chain(lr.nets, z0, n_steps, step_size, with_noise, rng or lr.rng)
+
+
+def _chain_args(chain_cfg: Any, n_steps: int | None, step_size: float | None,
+                with_noise: bool | None) -> tuple[int, float, bool]:
+    return (chain_cfg.n_steps if n_steps is None else n_steps,
+            chain_cfg.step_size if step_size is None else step_size,
+            chain_cfg.noise if with_noise is None else with_noise)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -152,7 +173,7 @@ class FastChains:
             dynamo_config.trace_autograd_ops = True
         return torch.compile(fn, fullgraph=True, dynamic=False)
 
-    def _posterior_step(self, x: Tensor, z: Tensor, eps: Tensor | None) -> Tensor:
+    def _posterior_step(self, x: Tensor, z: Tensor, eps: Tensor | None, step_size: float) -> Tensor:
         """One step of eq. 16: ∇[‖x − G(z)‖²/(2σ²) + E(z)] with G in bf16, the rest fp32; then the update."""
         lv = self.learner.cfg.langevin
         nets = self.learner.nets
@@ -163,14 +184,14 @@ class FastChains:
             rec = (x - xh.float()).flatten(1).pow(2).sum(dim=1) * (0.5 / (lv.likelihood_sigma ** 2))
             energy = rec + nets.energy(zz)  # E in fp32: energies and reductions stay fp32
             (g,) = torch.autograd.grad(energy.sum(), zz)
-        return self.update_op(z, g, lv.posterior.step_size, eps)
+        return self.update_op(z, g, step_size, eps)
 
-    def _prior_step_fn(self, z: Tensor, eps: Tensor | None) -> Tensor:
+    def _prior_step_fn(self, z: Tensor, eps: Tensor | None, step_size: float) -> Tensor:
         """One step of eq. 3 on E(z) + ½‖z‖² (the MLP is tiny: fp32)."""
         with torch.enable_grad():
             zz = z.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.learner.nets.energy(zz).sum(), zz)
-        return self.update_op(z, g, self.learner.cfg.langevin.prior.step_size, eps)
+        return self.update_op(z, g, step_size, eps)
 
     def _denoise_fn(self, net: nn.Module, z: Tensor, lam: Tensor, xemb: Tensor) -> Tensor:
         with self.autocast():
@@ -197,17 +218,23 @@ class FastChains:
         graph.replay()
         return bufs["out"].clone()  # the static buffer is overwritten by the next replay
 
-    def posterior(self, x: Tensor, z0: Tensor, noise: Tensor | None = None) -> Tensor:
-        """30 steps from z0 (B, nz); ``noise`` (T, B, nz) fixes ε (tests), else fresh in-graph draws."""
+    def posterior(self, x: Tensor, z0: Tensor, *, n_steps: int | None = None, step_size: float | None = None,
+                  with_noise: bool | None = None, rng: torch.Generator | None = None,
+                  noise: Tensor | None = None) -> Tensor:
+        """Eq. 16 from z0 (B, nz). ``noise`` (T, B, nz) fixes ε (tests); else fresh draws from the default
+        device generator (``rng`` is not used: a captured graph can only replay the default generator)."""
         pc = self.learner.cfg.langevin.posterior
-        return self._chain("posterior", pc.n_steps, pc.noise, z0, noise, x=x)
+        return self._chain("posterior", *_chain_args(pc, n_steps, step_size, with_noise), z0, noise, x=x)
 
-    def prior(self, z0: Tensor, noise: Tensor | None = None) -> Tensor:
+    def prior(self, z0: Tensor, *, n_steps: int | None = None, step_size: float | None = None,
+              with_noise: bool | None = None, rng: torch.Generator | None = None,
+              noise: Tensor | None = None) -> Tensor:
+        """Eq. 3 from z0 (B, nz); see :meth:`posterior` for ``noise`` and ``rng``."""
         qc = self.learner.cfg.langevin.prior
-        return self._chain("prior", qc.n_steps, qc.noise, z0, noise)
+        return self._chain("prior", *_chain_args(qc, n_steps, step_size, with_noise), z0, noise)
 
-    def _chain(self, kind: str, n_steps: int, with_noise: bool, z0: Tensor, noise: Tensor | None,
-               x: Tensor | None = None) -> Tensor:
+    def _chain(self, kind: str, n_steps: int, step_size: float, with_noise: bool, z0: Tensor,
+               noise: Tensor | None, x: Tensor | None = None) -> Tensor:
         fixed = noise is not None
         nets = self.learner.nets
         shapes = {"z": (tuple(z0.shape), z0.dtype), "out": (tuple(z0.shape), z0.dtype),
@@ -227,20 +254,23 @@ class FastChains:
             z = b["z"]
             for t in range(n_steps):
                 eps = b["noise"][t] if with_noise else None
-                z = self._post_step(b["x"], z, eps) if kind == "posterior" else self._prior_step(z, eps)
+                if kind == "posterior":
+                    z = self._post_step(b["x"], z, eps, step_size)
+                else:
+                    z = self._prior_step(z, eps, step_size)
             b["out"] = z if not self.plan.graphs else b["out"].copy_(z)
 
-        key = (kind, tuple(z0.shape), None if x is None else tuple(x.shape), fixed, with_noise)
+        key = (kind, n_steps, step_size, tuple(z0.shape), None if x is None else tuple(x.shape), fixed, with_noise)
         frozen = (nets.generator, nets.energy) if kind == "posterior" else (nets.energy,)
         return self._run(key, shapes, inputs, body, frozen)
 
-    def cond_draw(self, net: nn.Module, x: Tensor, noise: Tensor | None = None,
-                  z_init: Tensor | None = None) -> Tensor:
+    def cond_draw(self, net: nn.Module, x: Tensor, rng: torch.Generator | None = None, *,
+                  noise: Tensor | None = None, z_init: Tensor | None = None) -> Tensor:
         """The 100-step conditional ancestral draw; ``z_init``/``noise`` fix the randomness (tests)."""
         return self._draw(net, x=x, n=x.shape[0], noise=noise, z_init=z_init)
 
-    def uncond_draw(self, net: nn.Module, n: int, noise: Tensor | None = None, z_init: Tensor | None = None,
-                    xi: Tensor | None = None) -> Tensor:
+    def uncond_draw(self, net: nn.Module, n: int, rng: torch.Generator | None = None, *,
+                    noise: Tensor | None = None, z_init: Tensor | None = None, xi: Tensor | None = None) -> Tensor:
         """The unconditional (random null token) draw used for DAMC prior samples."""
         return self._draw(net, x=None, n=n, noise=noise, z_init=z_init, xi=xi)
 

@@ -180,6 +180,38 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
     torch._foreach_add_(t, list(source.parameters()), alpha=1.0 - decay)
 
 
+def amortizer_updates(learner: Learner, x: Tensor, z_pos: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 5: M AdamW updates of Q on the targets z⁺ (B, nz); returns (mean loss, last grad norm)."""
+    nets, d, o = learner.nets, learner.cfg.diffusion, learner.cfg.optim
+    assert nets.amortizer is not None and learner.opt_q is not None
+    losses, norm = [], torch.zeros((), device=x.device)
+    for _ in range(d.updates_per_iter):
+        with learner.chains.autocast():  # bf16 encoder / U-Net on the fast path; a no-op for the reference
+            loss = _q_loss(nets.amortizer, z_pos, x, keep, learner.rng, d)
+        norm = _step(learner.opt_q, nets.amortizer, loss, o.grad_clip)
+        losses.append(loss.detach())
+    mean = torch.stack(losses).mean() if losses else torch.zeros((), device=x.device)
+    return mean, norm
+
+
+def generator_update(learner: Learner, x: Tensor, z_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 6: mean over the batch of Σ_pixels (G(z⁺) − x)² (no 1/(2σ²) factor, as the code)."""
+    nets = learner.nets
+    with learner.chains.autocast():
+        x_hat = nets.generator(z_pos)
+    loss = (x_hat.float() - x).flatten(1).pow(2).sum(dim=1).mean()
+    return loss.detach(), _step(learner.opt_g, nets.generator, loss, learner.cfg.optim.grad_clip)
+
+
+def energy_update(learner: Learner, z_pos: Tensor, z_neg: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Step 7: contrastive mean E(z⁺) − mean E(z⁻) (no L2 regulariser in the image runs), in fp32."""
+    energy = learner.nets.energy
+    e_pos, e_neg = energy(z_pos).mean(), energy(z_neg).mean()
+    loss = e_pos - e_neg
+    norm = _step(learner.opt_e, energy, loss, learner.cfg.optim.grad_clip)
+    return loss.detach(), e_pos.detach(), e_neg.detach(), norm
+
+
 def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
     """One iteration of Algorithm 1 on the batch x (B, C, H, W) in [−1, 1]; returns device diagnostics."""
     cfg = learner.cfg
@@ -213,31 +245,16 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
         z_neg0 = z0
     z_neg = chains.prior(z_neg0)
 
-    o = cfg.optim
     out: dict[str, Tensor] = {}
     # 5. Distil the refined posterior samples z⁺ back into the amortizer (Algorithm 1, line 7).
     if damc:
-        assert nets.amortizer is not None and learner.opt_q is not None
-        q_losses = []
-        for _ in range(d.updates_per_iter):
-            with chains.autocast():  # bf16 encoder / U-Net on the fast path; a no-op for the reference
-                loss_q = _q_loss(nets.amortizer, z_pos, x, keep, rng, d)
-            out["grad_norm_q"] = _step(learner.opt_q, nets.amortizer, loss_q, o.grad_clip)
-            q_losses.append(loss_q.detach())
-        if q_losses:
-            out["loss_q"] = torch.stack(q_losses).mean()
-    # 6. Generator: mean over the batch of Σ_pixels (G(z⁺) − x)² (no 1/(2σ²) factor, as the code).
-    with chains.autocast():
-        x_hat = nets.generator(z_pos)
-    loss_g = (x_hat.float() - x).flatten(1).pow(2).sum(dim=1).mean()
-    out["grad_norm_g"] = _step(learner.opt_g, nets.generator, loss_g, o.grad_clip)
-
-    # 7. Energy: contrastive mean E(z⁺) − mean E(z⁻) (no L2 regulariser in the image runs).
-    e_pos, e_neg = nets.energy(z_pos).mean(), nets.energy(z_neg).mean()
-    loss_e = e_pos - e_neg
-    out["grad_norm_e"] = _step(learner.opt_e, nets.energy, loss_e, o.grad_clip)
+        out["loss_q"], out["grad_norm_q"] = amortizer_updates(learner, x, z_pos, keep)
+    # 6-7. Generator, then energy.
+    loss_g, out["grad_norm_g"] = generator_update(learner, x, z_pos)
+    loss_e, e_pos, e_neg, out["grad_norm_e"] = energy_update(learner, z_pos, z_neg)
 
     # 8-9. LR decay and EMA use the completed-iteration count: host integers, no device sync.
+    o = cfg.optim
     learner.iteration += 1
     if learner.iteration % o.lr_decay_every == 0:
         set_learning_rates(learner)
@@ -246,11 +263,11 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
         ema_update(learner.amortizer_ema, nets.amortizer, d.ema_decay)
 
     out.update(
-        loss_g=loss_g.detach(),
-        loss_e=loss_e.detach(),
-        energy_pos=e_pos.detach(),
-        energy_neg=e_neg.detach(),
-        mse=(loss_g.detach() / x[0].numel()),  # per-pixel MSE of G(z⁺), [−1, 1] units
+        loss_g=loss_g,
+        loss_e=loss_e,
+        energy_pos=e_pos,
+        energy_neg=e_neg,
+        mse=loss_g / x[0].numel(),  # per-pixel MSE of G(z⁺), [−1, 1] units
         z_pos_norm=z_pos.norm(dim=1).mean(),
         z_neg_norm=z_neg.norm(dim=1).mean(),
     )
@@ -265,26 +282,22 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
 def damc_prior_latents(learner: Learner, n: int, rng: torch.Generator) -> Tensor:
     """DAMC prior samples: the online amortizer's unconditional (random null token) draw."""
     assert learner.nets.amortizer is not None
-    return amortizer_sample(learner.nets.amortizer, learner.table, rng, n=n, nz=learner.cfg.model.nz,
-                            with_noise=learner.cfg.diffusion.sampler_noise)
+    return learner.chains.uncond_draw(learner.nets.amortizer, n, rng)
 
 
 def lebm_prior_latents(learner: Learner, n: int, n_steps: int, step_size: float,
                        rng: torch.Generator) -> Tensor:
     """"LEBM" prior samples: N(0, I) followed by Langevin on E(z) + ½‖z‖² (noise on)."""
     z = torch.randn(n, learner.cfg.model.nz, generator=rng, device=learner.device)
-    return prior_chain(learner.nets, z, n_steps, step_size, True, rng)
+    return learner.chains.prior(z, n_steps=n_steps, step_size=step_size, with_noise=True, rng=rng)
 
 
 def reconstruct(learner: Learner, x: Tensor, n_steps: int, step_size: float, rng: torch.Generator) -> Tensor:
     """G(z) for posterior z: the amortizer's conditional draw (N(0, I) for LEBM) + noise-free Langevin."""
-    nz = learner.cfg.model.nz
     if learner.nets.amortizer is not None:
-        z = amortizer_sample(learner.nets.amortizer, learner.table, rng, x=x, nz=nz,
-                             with_noise=learner.cfg.diffusion.sampler_noise)
+        z = learner.chains.cond_draw(learner.nets.amortizer, x, rng)
     else:
-        z = torch.randn(x.shape[0], nz, generator=rng, device=x.device)
-    z = posterior_chain(learner.nets, x, z, learner.cfg.langevin.likelihood_sigma, n_steps, step_size,
-                        False, rng)
+        z = torch.randn(x.shape[0], learner.cfg.model.nz, generator=rng, device=x.device)
+    z = learner.chains.posterior(x, z, n_steps=n_steps, step_size=step_size, with_noise=False, rng=rng)
     with torch.no_grad():
         return learner.nets.generator(z)
