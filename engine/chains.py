@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.diffusion import SamplerTable, ddpm_step
-from engine.langevin import langevin_update
+from engine.diffusion import SamplerTable
 from engine.perf import PerfPlan
 
 UpdateOp = Callable[[Tensor, Tensor, float, "Tensor | None"], Tensor]
@@ -142,8 +141,14 @@ class FastChains:
                  step_op: Callable[..., Tensor] | None = None) -> None:
         self.learner, self.plan = learner, plan
         self.device: torch.device = learner.device
+        # The fused ops (kernels/): the Triton kernels or their plain-torch references, as
+        # kernels.set_backend says (engine.system.apply_perf). Imported here, not at module level:
+        # registering them imports Triton's compiler stack, which the reference path never needs.
+        from kernels.ddpm_step import SamplerStep
+        from kernels.langevin_update import langevin_update
+
         self.update_op: UpdateOp = update_op or langevin_update
-        self.step_op = step_op or ddpm_step
+        self.step_op = step_op or SamplerStep()
         self._graphs: dict[tuple[Any, ...], tuple[_Captured, dict[str, Tensor]]] = {}
         nets = learner.nets
         if plan.channels_last:

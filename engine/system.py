@@ -37,7 +37,11 @@ def setup(cfg: SystemConfig) -> torch.device:
 
 
 def apply_perf(plan: PerfPlan, device: torch.device) -> None:
-    """Backend flags of the fast path (TF32 for the remaining fp32 matmuls, cudnn autotuning)."""
+    """Backend flags of the fast path: fused-kernel backend, TF32 for the remaining fp32 matmuls, cudnn
+    autotuning. Set before anything is compiled or captured (both bake the choices in)."""
+    from kernels import set_backend
+
+    set_backend("triton" if plan.kernels else "torch")
     if device.type != "cuda":
         return
     torch.backends.cuda.matmul.allow_tf32 = plan.tf32

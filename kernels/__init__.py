@@ -1,20 +1,22 @@
 """Fused GPU kernels (Triton) for the DAMC hot loops.
 
-Each op will live in its own module with, in order: a plain-PyTorch reference ``<op>_ref`` (the spec of
-the kernel), the ``@triton.jit`` kernel, its launcher, and the public op registered with ``torch.library``
-so that ``torch.compile`` traces through it. The engine calls only the public op and gets the reference
-on CPU or when Triton is missing. The references the first kernels will fuse already exist in the engine:
-``engine.langevin.langevin_update`` and ``engine.diffusion.ddpm_step``.
+Each op lives in its own module with, in order: a plain-PyTorch reference ``<op>_ref`` (the spec of the
+kernel), the ``@triton.jit`` kernel ``_<op>_kernel``, its launcher ``_<op>_triton``, and the public op
+``<op>`` registered with ``torch.library.triton_op`` so that ``torch.compile`` traces through it (no graph
+break). The engine calls only the public ops; :mod:`kernels.backend` decides, per call, between the kernel
+and the reference ("auto": the kernel on CUDA when Triton imports, the reference on CPU or without Triton).
 
-Triton is an optional dependency (``pip install 'damc-engine[gpu]'``); nothing here imports it eagerly.
+    kernels.langevin_update   langevin_update, langevin_update_philox      (engine.langevin.langevin_update)
+    kernels.ddpm_step         ddpm_step, ddpm_step_philox, pack_sampler_table, SamplerStep  (engine.diffusion.ddpm_step)
+    kernels.philox_noise      philox_noise, philox_seed_offset: the in-kernel ε as a tensor, its seeds
+
+Triton is an optional dependency (``pip install 'damc-engine[gpu]'``). Importing this package does not import
+it; importing an op module does when it is installed (≈0.2 s), and falls back to the references when not.
+See ``kernels/README.md`` for what each kernel fuses, its bytes per element, tests and benches.
 """
 
 from __future__ import annotations
 
-import importlib.util
+from kernels.backend import BACKENDS, Backend, get_backend, set_backend, triton_available, use_backend
 
-
-def triton_available() -> bool:
-    """True when the ``triton`` package can be imported (it is never imported here)."""
-    return importlib.util.find_spec("triton") is not None
-
+__all__ = ["BACKENDS", "Backend", "get_backend", "set_backend", "triton_available", "use_backend"]

@@ -1,0 +1,233 @@
+"""Fused ancestral DDPM step (paper eq. 5, γ = 1; ``engine.diffusion``):
+
+    ẑ0  = c_x0_z·z − c_x0_eps·ε̂                     (= (z − σ_t ε̂)/α_t)
+    z_s = c_mean_z·z + c_mean_x0·ẑ0 + std·ε          (posterior mean + σ_{t|s}·ε, "large" variance)
+
+Coefficients come from a per-step table, computed once in float64 by ``engine.diffusion.sampler_table`` and
+stored in fp32, packed here as one contiguous (T, 6) fp32 tensor (:func:`pack_sampler_table`; columns
+:data:`TABLE_COLUMNS`). The step index k is read from device memory, so one launch (or one CUDA-graph node)
+serves every step; the last row (c_mean_z = 0, c_mean_x0 = 1, std = 0) is the deterministic final
+x-prediction, with no branch. Eager torch runs ~8 elementwise kernels plus a ``randn`` per step; here it is
+one pass: read z and ε̂ (and ε, unless it is drawn in-kernel), write z_s.
+
+Ops (each with a plain-torch ``_ref`` of the same signature, the spec of the kernel):
+    ddpm_step(z, eps_hat, table, k, noise)                  noise (B, nz) fp32 or None (no noise)
+    ddpm_step_philox(z, eps_hat, table, k, seed_offset)     ε = philox_noise(z, seed_offset, k)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from kernels.backend import as_rows, launch_strides, quiet_triton_op_registration, use_triton
+from kernels.philox_noise import check_philox_args, counters_per_step, launch_config, philox_noise_ref
+
+if TYPE_CHECKING:
+    from engine.diffusion import SamplerTable
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs: the reference path only
+    triton = tl = None
+
+TABLE_COLUMNS = ("logsnr", "c_x0_z", "c_x0_eps", "c_mean_z", "c_mean_x0", "std")
+NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
+_EPS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def pack_sampler_table(table: SamplerTable) -> Tensor:
+    """(T, 6) contiguous fp32 on the table's device, columns :data:`TABLE_COLUMNS`; values unchanged."""
+    cols = [getattr(table, name).to(torch.float32) for name in TABLE_COLUMNS]  # each (T,)
+    return torch.stack(cols, dim=1).contiguous()
+
+
+def ddpm_step_ref(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, noise: Tensor | None) -> Tensor:
+    """z (B, nz) fp32, ε̂ (B, nz) any float dtype, table (T, 6) fp32, k () int64, noise (B, nz) or None.
+
+    Identical, operation for operation, to ``engine.diffusion.ddpm_step`` at row k (ε̂ is first cast to z's
+    dtype, so a bf16 ε̂ gets fp32 arithmetic). The row is gathered on the device: no host sync.
+    """
+    row = table.index_select(0, k.reshape(1)).reshape(-1)  # (6,)
+    x0 = row[1] * z - row[2] * eps_hat.to(z.dtype)
+    out = row[3] * z + row[4] * x0
+    if noise is not None:
+        out = out + row[5] * noise
+    return out
+
+
+def ddpm_step_philox_ref(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, seed_offset: Tensor) -> Tensor:
+    """The step with ε = ``philox_noise_ref(z, seed_offset, k)`` (the step index doubles as the noise step)."""
+    return ddpm_step_ref(z, eps_hat, table, k, philox_noise_ref(z, seed_offset, k).to(z.dtype))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _ddpm_step_kernel(
+        z_ptr, eps_hat_ptr, noise_ptr, table_ptr, k_ptr, seed_offset_ptr, out_ptr,
+        n_elements, n_ctr, n_cols,  # N, counters per step (a multiple of 16), nz
+        z_s0, z_s1, h_s0, h_s1, e_s0, e_s1,  # element strides; used only when STRIDED
+        NOISE: tl.constexpr, STRIDED: tl.constexpr, QUARTER: tl.constexpr,
+    ):
+        # Same program layout as kernels.langevin_update: QUARTER counters, four contiguous element runs.
+        k = tl.load(k_ptr)  # step index from device memory: the launch is identical for every step
+        row = table_ptr + k * 6  # (T, 6) contiguous fp32
+        c_x0_z = tl.load(row + 1)
+        c_x0_eps = tl.load(row + 2)
+        c_mean_z = tl.load(row + 3)
+        c_mean_x0 = tl.load(row + 4)
+        std = tl.load(row + 5)
+        c = tl.program_id(0) * QUARTER + tl.arange(0, QUARTER)  # (QUARTER,) int32
+        if NOISE == 2:
+            counter = tl.load(seed_offset_ptr + 1) + k * n_ctr + c  # int64
+            r0, r1, r2, r3 = tl.randn4x(tl.load(seed_offset_ptr), counter)
+        for lane in tl.static_range(4):
+            e = lane * n_ctr + c
+            live = (c < n_ctr) & (e < n_elements)
+            if STRIDED:
+                r = e // n_cols
+                col = e - r * n_cols
+                z_off = r * z_s0 + col * z_s1
+                h_off = r * h_s0 + col * h_s1
+                e_off = r * e_s0 + col * e_s1
+            else:
+                z_off = e
+                h_off = e
+                e_off = e
+            z = tl.load(z_ptr + z_off, mask=live)
+            eps_hat = tl.load(eps_hat_ptr + h_off, mask=live).to(tl.float32)
+            x0 = c_x0_z * z - c_x0_eps * eps_hat
+            out = c_mean_z * z + c_mean_x0 * x0
+            if NOISE == 1:
+                out = out + std * tl.load(noise_ptr + e_off, mask=live)
+            if NOISE == 2:
+                if lane == 0:
+                    eps = r0
+                elif lane == 1:
+                    eps = r1
+                elif lane == 2:
+                    eps = r2
+                else:
+                    eps = r3
+                out = out + std * eps
+            tl.store(out_ptr + e, out, mask=live)
+
+else:
+    _ddpm_step_kernel = None
+
+
+def _ddpm_step_triton(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, noise: Tensor | None,
+                      seed_offset: Tensor | None = None, config: tuple[int, int] | None = None) -> Tensor:
+    """Launch the kernel; ``noise`` xor ``seed_offset`` picks the ε source, neither = no noise."""
+    out = torch.empty(z.shape, dtype=torch.float32, device=z.device)  # contiguous (B, nz)
+    n = z.numel()
+    if n == 0:
+        return out
+    mode = NOISE_PHILOX if seed_offset is not None else NOISE_NONE if noise is None else NOISE_TENSOR
+    z2, h2 = as_rows(z), as_rows(eps_hat)
+    e2 = as_rows(noise) if noise is not None else z2
+    strided, strides = launch_strides(z2, h2, e2)
+    n_ctr = counters_per_step(n)
+    q, warps = config or launch_config(n_ctr)
+    args: dict[str, Any] = dict(
+        z_ptr=z2, eps_hat_ptr=h2, noise_ptr=e2, table_ptr=table.contiguous(), k_ptr=k,
+        seed_offset_ptr=seed_offset if seed_offset is not None else k, out_ptr=out,
+        n_elements=n, n_ctr=n_ctr, n_cols=z2.shape[1],
+        z_s0=strides[0], z_s1=strides[1], h_s0=strides[2], h_s1=strides[3], e_s0=strides[4], e_s1=strides[5],
+        NOISE=mode, STRIDED=strided, QUARTER=q, num_warps=warps,
+    )
+    wrap_triton(_ddpm_step_kernel)[((n_ctr + q - 1) // q,)](**args)
+    return out
+
+
+def _check(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, noise: Tensor | None) -> str | None:
+    """Raise on mismatched shapes/devices; return why the kernel cannot take these dtypes (None: it can)."""
+    for name, t in (("eps_hat", eps_hat), ("noise", noise)):
+        if t is not None and t.shape != z.shape:
+            raise ValueError(f"ddpm_step: {name} has shape {tuple(t.shape)}; z has {tuple(z.shape)}")
+        if t is not None and t.device != z.device:
+            raise ValueError(f"ddpm_step: {name} is on {t.device}; z is on {z.device}")
+    if table.dim() != 2 or table.shape[1] != len(TABLE_COLUMNS):
+        raise ValueError(f"ddpm_step: table has shape {tuple(table.shape)}; expected (T, {len(TABLE_COLUMNS)})")
+    if k.numel() != 1 or k.dtype != torch.int64:
+        raise ValueError(f"ddpm_step: k must be a one-element int64 tensor; got {tuple(k.shape)} {k.dtype}")
+    if table.device != z.device or k.device != z.device:
+        raise ValueError(f"ddpm_step: table ({table.device}) and k ({k.device}) must be on {z.device}")
+    if z.dtype != torch.float32 or table.dtype != torch.float32:
+        return f"ddpm_step computes in float32; z is {z.dtype}, table is {table.dtype}"
+    if eps_hat.dtype not in _EPS_DTYPES:
+        return f"ddpm_step: eps_hat dtype {eps_hat.dtype} is not float32/bfloat16/float16"
+    if noise is not None and noise.dtype != torch.float32:
+        return f"ddpm_step: noise dtype {noise.dtype} is not float32"
+    return None
+
+
+with quiet_triton_op_registration():
+
+    @triton_op("damc::ddpm_step", mutates_args=())
+    def ddpm_step(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, noise: Tensor | None) -> Tensor:
+        """Public op: one ancestral step at row k (noise None: no noise); kernel or reference per backend."""
+        if use_triton(z, _check(z, eps_hat, table, k, noise)):
+            return _ddpm_step_triton(z, eps_hat, table, k, noise)
+        return ddpm_step_ref(z, eps_hat, table, k, noise)
+
+    @triton_op("damc::ddpm_step_philox", mutates_args=())
+    def ddpm_step_philox(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, seed_offset: Tensor) -> Tensor:
+        """Public op: one ancestral step with in-kernel Philox ε (seed_offset (2,) int64, k () int64, on device)."""
+        unsupported = _check(z, eps_hat, table, k, None)
+        check_philox_args(z, seed_offset, k)
+        if use_triton(z, unsupported):
+            return _ddpm_step_triton(z, eps_hat, table, k, None, seed_offset)
+        return ddpm_step_philox_ref(z, eps_hat, table, k, seed_offset)
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    z, eps_hat, table, k = inputs[:4]
+    ctx.save_for_backward(table.index_select(0, k.reshape(1)).reshape(-1))  # (6,)
+    ctx.eps_dtype = eps_hat.dtype
+    ctx.has_noise = isinstance(inputs[4], Tensor) and inputs[4].is_floating_point()
+
+
+def _backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, Tensor | None]:
+    """Linear in (z, ε̂, ε): ∂/∂z = c_mean_z + c_mean_x0·c_x0_z, ∂/∂ε̂ = −c_mean_x0·c_x0_eps, ∂/∂ε = std."""
+    (row,) = ctx.saved_tensors
+    d_z = (row[3] + row[4] * row[1]) * grad_out
+    d_eps_hat = (-(row[4] * row[2]) * grad_out).to(ctx.eps_dtype)
+    d_noise = row[5] * grad_out if ctx.has_noise else None
+    return d_z, d_eps_hat, None, None, d_noise
+
+
+def _backward_philox(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+    d_z, d_eps_hat, _, _, _ = _backward(ctx, grad_out)
+    return d_z, d_eps_hat, None, None, None
+
+
+ddpm_step.register_autograd(_backward, setup_context=_setup_context)
+ddpm_step_philox.register_autograd(_backward_philox, setup_context=_setup_context)
+
+
+class SamplerStep:
+    """``engine.diffusion.ddpm_step``'s signature ``(z, eps_hat, k: int, table: SamplerTable, noise)`` on top of
+    the fused op: drop-in for ``FastChains(..., step_op=SamplerStep())``.
+
+    Per table it packs the coefficients once and keeps the step indices 0..T−1 in device memory; step k
+    passes the view ``ks[k]``, so each node of a captured loop reads its own fixed address. The first call
+    (a warm-up, before any capture) does the packing; the table object is kept alive with its cache entry.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[SamplerTable, Tensor, Tensor]] = {}
+
+    def __call__(self, z: Tensor, eps_hat: Tensor, k: int, table: SamplerTable, noise: Tensor | None) -> Tensor:
+        entry = self._cache.get(id(table))
+        if entry is None:
+            coeffs = pack_sampler_table(table)  # (T, 6) fp32
+            ks = torch.arange(coeffs.shape[0], device=coeffs.device)  # (T,) int64
+            entry = self._cache[id(table)] = (table, coeffs, ks)
+        _, coeffs, ks = entry
+        return ddpm_step(z, eps_hat, coeffs, ks[k], noise)
