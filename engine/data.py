@@ -820,18 +820,119 @@ def _check_u8(images_u8: torch.Tensor) -> None:
         raise ValueError(f"expected a uint8 tensor of shape (N, C, H, W), got {got}")
 
 
+@dataclass(frozen=True)
+class _Cursor:
+    """Immutable snapshot of an :class:`EpochPlan` (cheap: tensors are shared, never mutated)."""
+
+    epoch: int
+    position: int
+    permutation: torch.Tensor  # (N,) int64, CPU
+    coins: torch.Tensor | None  # (N // B, B) bool, CPU; rows < base_k are unused after a restore
+    base_state: torch.Tensor  # generator state after perm + base_k batches of coins (BatchStream's state then)
+    base_k: int
+
+
+class EpochPlan:
+    """BatchStream's shuffle + flip-coin sequence, epoch by epoch, with BatchStream-compatible state.
+
+    Generator consumption is identical to BatchStream's: ``randperm(n)``, then ``rand(batch_size)`` per batch
+    (only when ``flip``), ``n // batch_size`` batches per epoch. Here the coins of an epoch are drawn right
+    after its permutation (one small tensor the GPU loader ships once); the live generator therefore always
+    sits at the end of the current epoch's draws, and :meth:`state_dict` rebuilds BatchStream's mid-epoch
+    generator state by replaying the consumed draws from ``base_state`` (at most ``n // batch_size`` tiny
+    draws, at checkpoint time only).
+    """
+
+    def __init__(self, num_images: int, batch_size: int, *, seed: int, flip: bool) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if num_images < batch_size:
+            raise ValueError(
+                f"data set has {num_images} images but batch_size is {batch_size}: with drop_last no full batch "
+                "can be formed (use a smaller batch_size or more data)"
+            )
+        self.num_images = int(num_images)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.flip = bool(flip)
+        self.batches_per_epoch = self.num_images // self.batch_size
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(self.seed)
+        perm = torch.randperm(self.num_images, generator=self.generator)
+        self.cursor = self._start(0, 0, perm)
+
+    def _draw_coins(self, first: int) -> torch.Tensor | None:
+        """Coins for batches ``first..`` of the epoch; one ``rand(B)`` per batch, exactly like BatchStream."""
+        if not self.flip:
+            return None
+        coins = torch.zeros(self.batches_per_epoch, self.batch_size, dtype=torch.bool)
+        for k in range(first, self.batches_per_epoch):
+            coins[k] = torch.rand(self.batch_size, generator=self.generator) < 0.5
+        return coins
+
+    def _start(self, epoch: int, position: int, perm: torch.Tensor) -> _Cursor:
+        base_state = self.generator.get_state()
+        base_k = position // self.batch_size
+        return _Cursor(epoch, position, perm, self._draw_coins(base_k), base_state, base_k)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Advance by one batch: ``(indices (B,) int64, coins (B,) bool or None, start in the permutation)``."""
+        c = self.cursor
+        if c.position + self.batch_size > self.num_images:  # lazy rollover, like BatchStream
+            c = self.cursor = self._start(c.epoch + 1, 0, torch.randperm(self.num_images, generator=self.generator))
+        start = c.position
+        idx = c.permutation[start : start + self.batch_size]
+        coins = None if c.coins is None else c.coins[start // self.batch_size]
+        self.cursor = _Cursor(c.epoch, start + self.batch_size, c.permutation, c.coins, c.base_state, c.base_k)
+        return idx, coins, start
+
+    def state_dict(self, cursor: _Cursor | None = None) -> dict[str, Any]:
+        """BatchStream's state for ``cursor`` (default: the current one)."""
+        c = self.cursor if cursor is None else cursor
+        g = torch.Generator(device="cpu")
+        g.set_state(c.base_state)
+        if self.flip:
+            for _ in range(c.position // self.batch_size - c.base_k):
+                torch.rand(self.batch_size, generator=g)
+        return {
+            "epoch": c.epoch,
+            "position": c.position,
+            "permutation": c.permutation.clone(),
+            "generator": g.get_state(),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_images": self.num_images,
+            "flip": self.flip,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accepts any BatchStream / loader state with matching data set size, batch size and flip."""
+        n = self.num_images
+        perm = torch.as_tensor(state["permutation"], dtype=torch.int64).cpu()
+        if perm.shape != (n,):
+            raise ValueError(f"stream state is for {perm.numel()} images but this stream has {n}")
+        for key, mine in (("num_images", n), ("batch_size", self.batch_size), ("flip", self.flip)):
+            if key in state and state[key] != mine:
+                raise ValueError(f"stream state has {key}={state[key]!r} but this stream has {key}={mine!r}")
+        position = int(state["position"])
+        if position % self.batch_size or not 0 <= position <= n:
+            raise ValueError(f"stream state has position={position}, not a multiple of batch_size within [0, {n}]")
+        self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8).cpu().clone())
+        self.cursor = self._start(int(state["epoch"]), position, perm.clone())
+
+
 class BatchStream:
     """Infinite iterator of ``(batch_size, C, H, W)`` float32 batches in [-1, 1] on ``device``.
 
-    Each epoch is a fresh ``torch.randperm`` drawn from the stream's own CPU generator (seeded with
-    ``seed``, so the global RNG used by the sampler is untouched); incomplete final batches are dropped
-    (the reference uses ``drop_last=True``). With ``flip=True`` every image is mirrored horizontally with
-    probability 0.5, drawn from the same generator right after the batch's indices are taken.
+    The order and flips come from an :class:`EpochPlan` (its own CPU generator seeded with ``seed``, so the
+    global RNG used by the sampler is untouched): a fresh ``randperm`` per epoch, incomplete final batches
+    dropped (the reference uses ``drop_last=True``), and with ``flip=True`` each image mirrored with
+    probability 0.5. Every loader in :mod:`engine.loaders` uses the same plan, so they all serve the same
+    batches and their states are interchangeable.
 
     ``epoch`` is the 0-based index of the epoch the next batch comes from (until a rollover happens
     lazily on the next call) and ``position`` is how many entries of the current permutation have been
-    consumed. :meth:`state_dict` / :meth:`load_state_dict` capture both plus the permutation and the
-    generator state, so a restored stream continues bitwise identically.
+    consumed. :meth:`state_dict` / :meth:`load_state_dict` restore the stream bitwise.
     """
 
     def __init__(
@@ -844,79 +945,50 @@ class BatchStream:
         device: torch.device | str,
     ) -> None:
         _check_u8(images_u8)
-        n = images_u8.shape[0]
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if n < batch_size:
-            raise ValueError(
-                f"data set has {n} images but batch_size is {batch_size}: with drop_last no full batch "
-                "can be formed (use a smaller batch_size or more data)"
-            )
+        self.plan = EpochPlan(images_u8.shape[0], batch_size, seed=seed, flip=flip)
         self.images = images_u8
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.flip = bool(flip)
+        self.batch_size, self.seed, self.flip = self.plan.batch_size, self.plan.seed, self.plan.flip
         self.device = torch.device(device)
         # Pinned host memory + non_blocking lets the small uint8 copy overlap with GPU work; only
         # meaningful (and only allowed) when copying from CPU to CUDA.
         self._pin = self.device.type == "cuda" and images_u8.device.type == "cpu"
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(self.seed)
-        self.epoch = 0
-        self.position = 0
-        self.permutation = torch.randperm(n, generator=self.generator)
+
+    @property
+    def epoch(self) -> int:
+        return self.plan.cursor.epoch
+
+    @property
+    def position(self) -> int:
+        return self.plan.cursor.position
+
+    @property
+    def permutation(self) -> torch.Tensor:
+        return self.plan.cursor.permutation
 
     def __len__(self) -> int:
         """Number of batches per epoch (drop_last)."""
-        return self.images.shape[0] // self.batch_size
+        return self.plan.batches_per_epoch
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> torch.Tensor:
-        n = self.images.shape[0]
-        if self.position + self.batch_size > n:
-            self.epoch += 1
-            self.position = 0
-            self.permutation = torch.randperm(n, generator=self.generator)
-        idx = self.permutation[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        flip_mask = torch.rand(self.batch_size, generator=self.generator) < 0.5 if self.flip else None
-
+        idx, coins, _ = self.plan.next_batch()
         batch = self.images.index_select(0, idx.to(self.images.device))
         if self._pin:
             batch = batch.pin_memory()
         # Transfer the uint8 batch (4x smaller than fp32) and do flip + normalisation on the device.
         batch = batch.to(self.device, non_blocking=self._pin)
-        if flip_mask is not None:
-            mask = flip_mask.to(self.device, non_blocking=False).view(-1, 1, 1, 1)
+        if coins is not None:
+            mask = coins.to(self.device).view(-1, 1, 1, 1)
             batch = torch.where(mask, batch.flip(-1), batch)
         return _u8_to_float(batch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "permutation": self.permutation.clone(),
-            "generator": self.generator.get_state().clone(),
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_images": int(self.images.shape[0]),
-            "flip": self.flip,
-        }
+        return self.plan.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        n = int(self.images.shape[0])
-        perm = torch.as_tensor(state["permutation"], dtype=torch.int64).cpu()
-        if perm.shape != (n,):
-            raise ValueError(f"stream state is for {perm.numel()} images but this stream has {n}")
-        for key, mine in (("num_images", n), ("batch_size", self.batch_size), ("flip", self.flip)):
-            if key in state and state[key] != mine:
-                raise ValueError(f"stream state has {key}={state[key]!r} but this stream has {key}={mine!r}")
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self.permutation = perm.clone()
-        self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8).cpu().clone())
+        self.plan.load_state_dict(state)
 
 
 def fixed_batch(images_u8: torch.Tensor, n: int, device: torch.device | str) -> torch.Tensor:

@@ -44,7 +44,16 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from engine.data import BatchStream, _check_shape, _check_u8, _list_images, _load_folder, _u8_to_float
+from engine.data import (
+    BatchStream,
+    EpochPlan,
+    _check_shape,
+    _check_u8,
+    _Cursor,
+    _list_images,
+    _load_folder,
+    _u8_to_float,
+)
 
 __all__ = [
     "DALI_INSTALL_HINT",
@@ -123,107 +132,6 @@ class FolderSpec:
 # --------------------------------------------------------------------------------------------------
 # The shared sample order
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Cursor:
-    """Immutable snapshot of an :class:`EpochPlan` (cheap: tensors are shared, never mutated)."""
-
-    epoch: int
-    position: int
-    permutation: torch.Tensor  # (N,) int64, CPU
-    coins: torch.Tensor | None  # (N // B, B) bool, CPU; rows < base_k are unused after a restore
-    base_state: torch.Tensor  # generator state after perm + base_k batches of coins (BatchStream's state then)
-    base_k: int
-
-
-class EpochPlan:
-    """BatchStream's shuffle + flip-coin sequence, epoch by epoch, with BatchStream-compatible state.
-
-    Generator consumption is identical to BatchStream's: ``randperm(n)``, then ``rand(batch_size)`` per batch
-    (only when ``flip``), ``n // batch_size`` batches per epoch. Here the coins of an epoch are drawn right
-    after its permutation (one small tensor the GPU loader ships once); the live generator therefore always
-    sits at the end of the current epoch's draws, and :meth:`state_dict` rebuilds BatchStream's mid-epoch
-    generator state by replaying the consumed draws from ``base_state`` (at most ``n // batch_size`` tiny
-    draws, at checkpoint time only).
-    """
-
-    def __init__(self, num_images: int, batch_size: int, *, seed: int, flip: bool) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if num_images < batch_size:
-            raise ValueError(
-                f"data set has {num_images} images but batch_size is {batch_size}: with drop_last no full batch "
-                "can be formed (use a smaller batch_size or more data)"
-            )
-        self.num_images = int(num_images)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.flip = bool(flip)
-        self.batches_per_epoch = self.num_images // self.batch_size
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(self.seed)
-        perm = torch.randperm(self.num_images, generator=self.generator)
-        self.cursor = self._start(0, 0, perm)
-
-    def _draw_coins(self, first: int) -> torch.Tensor | None:
-        """Coins for batches ``first..`` of the epoch; one ``rand(B)`` per batch, exactly like BatchStream."""
-        if not self.flip:
-            return None
-        coins = torch.zeros(self.batches_per_epoch, self.batch_size, dtype=torch.bool)
-        for k in range(first, self.batches_per_epoch):
-            coins[k] = torch.rand(self.batch_size, generator=self.generator) < 0.5
-        return coins
-
-    def _start(self, epoch: int, position: int, perm: torch.Tensor) -> _Cursor:
-        base_state = self.generator.get_state()
-        base_k = position // self.batch_size
-        return _Cursor(epoch, position, perm, self._draw_coins(base_k), base_state, base_k)
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """Advance by one batch: ``(indices (B,) int64, coins (B,) bool or None, start in the permutation)``."""
-        c = self.cursor
-        if c.position + self.batch_size > self.num_images:  # lazy rollover, like BatchStream
-            c = self.cursor = self._start(c.epoch + 1, 0, torch.randperm(self.num_images, generator=self.generator))
-        start = c.position
-        idx = c.permutation[start : start + self.batch_size]
-        coins = None if c.coins is None else c.coins[start // self.batch_size]
-        self.cursor = _Cursor(c.epoch, start + self.batch_size, c.permutation, c.coins, c.base_state, c.base_k)
-        return idx, coins, start
-
-    def state_dict(self, cursor: _Cursor | None = None) -> dict[str, Any]:
-        """BatchStream's state for ``cursor`` (default: the current one)."""
-        c = self.cursor if cursor is None else cursor
-        g = torch.Generator(device="cpu")
-        g.set_state(c.base_state)
-        if self.flip:
-            for _ in range(c.position // self.batch_size - c.base_k):
-                torch.rand(self.batch_size, generator=g)
-        return {
-            "epoch": c.epoch,
-            "position": c.position,
-            "permutation": c.permutation.clone(),
-            "generator": g.get_state(),
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_images": self.num_images,
-            "flip": self.flip,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accepts any BatchStream / loader state with matching data set size, batch size and flip."""
-        n = self.num_images
-        perm = torch.as_tensor(state["permutation"], dtype=torch.int64).cpu()
-        if perm.shape != (n,):
-            raise ValueError(f"stream state is for {perm.numel()} images but this stream has {n}")
-        for key, mine in (("num_images", n), ("batch_size", self.batch_size), ("flip", self.flip)):
-            if key in state and state[key] != mine:
-                raise ValueError(f"stream state has {key}={state[key]!r} but this stream has {key}={mine!r}")
-        position = int(state["position"])
-        if position % self.batch_size or not 0 <= position <= n:
-            raise ValueError(f"stream state has position={position}, not a multiple of batch_size within [0, {n}]")
-        self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8).cpu().clone())
-        self.cursor = self._start(int(state["epoch"]), position, perm.clone())
 
 
 # --------------------------------------------------------------------------------------------------

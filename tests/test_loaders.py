@@ -170,16 +170,21 @@ def test_state_mismatch_is_refused() -> None:
         stream.load_state_dict(BatchStream(indexed_images(N - 1), B, seed=SEED, flip=True, device="cpu").state_dict())
 
 
-def test_plan_matches_batchstream_draw_sequence_for_odd_sizes() -> None:
-    """The per-epoch coin draw consumes the generator exactly like BatchStream's per-batch draws."""
+def test_plan_follows_the_documented_draw_sequence_for_odd_sizes() -> None:
+    """randperm(n) per epoch, then rand(B) < 0.5 per batch, lazy rollover; the state's generator is where a
+    generator drawing batch by batch would be (so checkpoints stay valid whatever the draw schedule)."""
     for n, b in ((5, 5), (17, 3), (64, 1)):
-        plan, ref = EpochPlan(n, b, seed=3, flip=True), BatchStream(torch.zeros(n, 1, 1, 1, dtype=torch.uint8), b,
-                                                                    seed=3, flip=True, device="cpu")
+        plan = EpochPlan(n, b, seed=3, flip=True)
+        g = torch.Generator().manual_seed(3)
+        perm, pos = torch.randperm(n, generator=g), 0
         for _ in range(3 * (n // b) + 1):
-            idx, _, start = plan.next_batch()
-            next(ref)
-            assert torch.equal(idx, ref.permutation[start : start + b])
-            assert torch.equal(plan.state_dict()["generator"], ref.generator.get_state())
+            if pos + b > n:
+                perm, pos = torch.randperm(n, generator=g), 0
+            want_idx, want_coins = perm[pos : pos + b], torch.rand(b, generator=g) < 0.5
+            pos += b
+            idx, coins, start = plan.next_batch()
+            assert start == pos - b and torch.equal(idx, want_idx) and torch.equal(coins, want_coins)
+            assert torch.equal(plan.state_dict()["generator"], g.get_state())
 
 
 # --------------------------------------------------------------------------------------------------
