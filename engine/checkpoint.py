@@ -14,16 +14,15 @@ the oldest ones beyond ``keep`` removed. Loading uses ``torch.load(weights_only=
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
+from engine.config import to_dict
+from engine.files import atomic_write
 from engine.learner import Learner
 from engine.loaders import Loader
 
@@ -51,39 +50,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write via a temporary file in the same directory: fsync, rename, fsync the directory.
-
-    On any failure (full disk, permissions, an exception in ``write``) the temporary file is removed and
-    whatever was at ``path`` before is untouched.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-
-
 def capture(learner: Learner, stream: Loader) -> dict[str, Any]:
     """The full training state as plain tensors and Python values (loadable with weights_only=True)."""
     nets = learner.nets
     state: dict[str, Any] = {
         "format": 1,
         "iteration": learner.iteration,
-        "config": _config_dict(learner),
+        "config": to_dict(learner.cfg),
         "generator": nets.generator.state_dict(),
         "energy": nets.energy.state_dict(),
         "opt_g": learner.opt_g.state_dict(),
@@ -100,12 +73,6 @@ def capture(learner: Learner, stream: Loader) -> dict[str, Any]:
         state["amortizer_ema"] = learner.amortizer_ema.state_dict()
         state["opt_q"] = learner.opt_q.state_dict()
     return state
-
-
-def _config_dict(learner: Learner) -> dict[str, Any]:
-    from engine.config import to_dict
-
-    return to_dict(learner.cfg)
 
 
 def restore(learner: Learner, stream: Loader, state: dict[str, Any]) -> None:

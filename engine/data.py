@@ -50,6 +50,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from engine.files import atomic_write
+
 __all__ = [
     "CIFAR10_ARCHIVE",
     "CIFAR10_DIR",
@@ -436,13 +438,7 @@ def _extract_cifar(archive: Path, root: Path) -> dict[str, bytes]:
     try:
         folder.mkdir(exist_ok=True)
         for name, data in blobs.items():
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, folder / name)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            atomic_write(folder / name, lambda f, data=data: f.write(data))
     except OSError as exc:
         print(f"could not extract {archive} into {folder} ({exc}); reading the batches from the archive",
               file=sys.stderr)

@@ -45,6 +45,7 @@ from torch import Tensor
 from engine import checkpoint, system
 from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, SystemConfig, from_dict
+from engine.files import atomic_write
 from engine.images import save_grid
 from engine.learner import (
     Learner,
@@ -228,8 +229,7 @@ def eval_fid(learner: Learner, kind: str, real: tuple[np.ndarray, np.ndarray], e
 
 def _save_png(img: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(path, lambda f: img.save(f, format="PNG"))
-    os.chmod(path, 0o644)  # mkstemp creates 0600
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
     return path
 
 
@@ -634,7 +634,7 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
             pass  # unreadable old file: replaced
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(merged, indent=2, allow_nan=True)
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
     os.chmod(path, 0o644)
 
 

@@ -283,7 +283,7 @@ def _load_cached(path: Path, key: StatsKey) -> tuple[np.ndarray, np.ndarray, int
 
 
 def _save_cached(path: Path, key: StatsKey, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
-    from engine.checkpoint import atomic_write
+    from engine.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps(key.__dict__, default=list)

@@ -9,12 +9,12 @@ by :func:`engine.system.apply_perf`, the only place that touches ``torch.backend
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass
 
 import torch
 
 from engine.config import PerfConfig
+from kernels import triton_available  # asks importlib only; never imports triton
 
 SWITCHES = ("graphs", "compile", "amp", "kernels", "channels_last", "tf32", "cudnn_benchmark")
 _CUDA_ONLY = {
@@ -49,10 +49,6 @@ class PerfPlan:
 REFERENCE = PerfPlan()
 
 
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def resolve(cfg: PerfConfig, device: torch.device) -> tuple[PerfPlan, str | None]:
     """The plan for ``device`` and, when something asked for was unavailable, one log line saying so."""
     fast = cfg.preset == "fast"
@@ -68,7 +64,7 @@ def resolve(cfg: PerfConfig, device: torch.device) -> tuple[PerfPlan, str | None
             # Compiling the tiny CPU-sized steps costs more than it saves; `perf.compile=on` forces it.
             want["compile"] = False
             dropped.append("torch.compile (CPU; set perf.compile=on to force)")
-    elif not _triton_available():
+    elif not triton_available():
         for name, label in (("kernels", "Triton kernels"), ("compile", "torch.compile (Inductor needs Triton)")):
             if want[name]:
                 want[name] = False

@@ -26,6 +26,7 @@ from engine.chains import build_chains
 from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, dump_config, load_config, resume_differences, to_dict
 from engine.data import fixed_batch, load_images
+from engine.files import atomic_write
 from engine.guard import DivergenceGuard
 from engine.images import save_grid
 from engine.learner import Learner, build_learner, damc_prior_latents, lebm_prior_latents, reconstruct, train_step
@@ -188,7 +189,7 @@ def train(cfg: Config) -> Path:
     system.apply_perf(plan, device)
     checkpoint.check_writable(run_dir, checkpoint.estimate_bytes(learner))
     tb = _tensorboard(cfg, run_dir)
-    checkpoint.atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
+    atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
     if resume_state is not None:
         checkpoint.restore(learner, stream, resume_state)
         _say(f"resumed {run_dir} at iteration {learner.iteration}")
