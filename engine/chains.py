@@ -36,8 +36,6 @@ UpdateOp = Callable[[Tensor, Tensor, float, "Tensor | None"], Tensor]
 class ReferenceChains:
     """Eager fp32, the authors' arithmetic; every draw from the run's generator in the authors' order."""
 
-    plan = PerfPlan()
-
     def __init__(self, learner: Any) -> None:
         self.learner = learner
 
