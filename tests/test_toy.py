@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -99,6 +100,26 @@ def test_references_long_run_langevin_is_no_ground_truth_for_multimodal_posterio
     assert any(valid) and not all(valid)
 
 
+def test_langevin_profile_short_run_has_already_done_what_long_run_does(
+        fast_report: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
+    """Why spec §9's "DAMC clearly closer to long-run LD than short-run LD" cannot be asserted on this problem:
+    past ~25 steps more Langevin steps do not bring the chains closer to the exact posterior, and 50-step LD is
+    already within a small multiple of the distance between two independent long-run sets."""
+    report, _ = fast_report
+    prof = report["langevin_profile"]
+    assert prof["steps"] == [0, 10, 25, 50, 100, 200, 500, 1000]  # fast setting: gt_steps 1000
+    k_x = len(report["x"])
+    assert all(len(v) == k_x for key in ("swd_vs_exact", "swd_vs_long_run") for v in prof[key])
+    to_exact = {st: float(np.mean(v)) for st, v in zip(prof["steps"], prof["swd_vs_exact"], strict=True)}
+    to_long = {st: float(np.mean(v)) for st, v in zip(prof["steps"], prof["swd_vs_long_run"], strict=True)}
+    # Langevin does pull toward the posterior (measured 1.00 -> 0.85; what remains is mostly mode weights) ...
+    assert to_exact[50] < to_exact[0]
+    assert to_exact[1000] > 0.9 * to_exact[50]  # ... but 20x more steps gain at most 10 % (measured 1 %)
+    floor = report["summary"]["swd_long_run_floor"]  # second long-run set vs the first
+    assert floor == pytest.approx(to_long[1000])
+    assert to_long[50] < 2.5 * floor < to_long[0]
+
+
 def test_damc_learns_the_posteriors(fast_report: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
     """What holds reliably after a short CPU run (checked over several training seeds):
 
@@ -106,7 +127,8 @@ def test_damc_learns_the_posteriors(fast_report: tuple[dict, Path]) -> None:  # 
       50-step chains, matches the exact posterior far better than the N(0, I) start;
     * overall it is not worse than short-run LD by much. Whether it ends clearly *closer* than short-run LD
       (spec §9's claim) depends on the training seed at this length: its mode weights on multimodal posteriors
-      drift (ratios 0.51-1.13 at 500 iterations over 5 seeds), so that is not asserted here.
+      drift (ratios 0.57-1.13 at 500 iterations over training seeds 0-4;
+      0.73-0.94 along a 1,500-iteration run of seed 2), so that is not asserted here.
     """
     report, out = fast_report
     e = report["distances"]["exact"]["swd"]
