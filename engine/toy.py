@@ -545,14 +545,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="directory for toy.json and toy_density.png")
     p.add_argument("--fast", action="store_true", help="the shortened CPU setting of the test (~2-3 min)")
     p.add_argument("--iterations", type=int, help="training iterations (default: 3000, or 500 with --fast)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the problem: G, the fixed x and the references")
+    p.add_argument("--train-seed", type=int, help="the amortizer's init and training draws (default: --seed)")
+    p.add_argument("--obs-sigma", type=float, default=0.25,
+                   help="observation noise σ of x = G(z) + N(0, σ²I) and of the posterior (spec §9: 0.25)")
     p.add_argument("--eval-x", type=int, help="number of fixed observations x (default 8)")
     p.add_argument("--eval-samples", type=int, help="samples per x and method (default 2000, or 500 with --fast)")
     p.add_argument("--gt-steps", type=int, help="long-run Langevin steps (default 2000, or 1000 with --fast)")
     p.add_argument("--curve", action="store_true", help="also evaluate every 100 iterations (learning curve)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     args = p.parse_args(argv)
-    cfg = replace(fast_config() if args.fast else ToyConfig(), seed=args.seed)
+    if not args.obs_sigma > 0:
+        print(f"error: --obs-sigma = {args.obs_sigma}: must be > 0", file=sys.stderr)
+        return 2
+    cfg = replace(fast_config() if args.fast else ToyConfig(), seed=args.seed, train_seed=args.train_seed,
+                  obs_sigma=args.obs_sigma)
     for flag, field_name, minimum in (("iterations", "iterations", 1), ("eval_x", "n_eval_x", 1),
                                       ("eval_samples", "n_eval_samples", 10), ("gt_steps", "gt_steps", 1)):
         value = getattr(args, flag)

@@ -74,9 +74,10 @@ def fast_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]: 
 def test_cli_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every output of ``python -m engine.toy`` on a few iterations (seconds)."""
     assert toy.main(["--out", str(tmp_path), "--fast", "--iterations", "3", "--eval-samples", "100",
-                     "--gt-steps", "50"]) == 0
+                     "--gt-steps", "50", "--train-seed", "3", "--obs-sigma", "0.5"]) == 0
     report = json.loads((tmp_path / "toy.json").read_text())
     assert report["config"]["iterations"] == 3 and len(report["x"]) == 8
+    assert report["config"]["train_seed"] == 3 and report["config"]["obs_sigma"] == 0.5
     for ref in ("exact", "long_run"):
         for metric in ("swd", "mmd"):
             for values in report["distances"][ref][metric].values():
@@ -85,6 +86,7 @@ def test_cli_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert im.size[0] > 600 and im.size[1] > 600
     assert "DAMC" in capsys.readouterr().out
     assert toy.main(["--out", str(tmp_path), "--iterations", "0"]) == 2
+    assert toy.main(["--out", str(tmp_path), "--obs-sigma", "0"]) == 2
 
 
 def test_references_long_run_langevin_is_no_ground_truth_for_multimodal_posteriors(
