@@ -155,8 +155,11 @@ class FastChains:
                 nets.amortizer.encoder.to(memory_format=torch.channels_last)
                 if learner.amortizer_ema is not None:
                     learner.amortizer_ema.encoder.to(memory_format=torch.channels_last)
-        self._post_step = self._maybe_compile(self._posterior_step)
-        self._prior_step = self._maybe_compile(self._prior_step_fn)
+        # Compile the energies (forward; AOTAutograd compiles their backward) and keep autograd.grad and the update
+        # eager: Dynamo does not trace `requires_grad_()` in torch 2.11 (found on an H100), and the update is
+        # either the fused kernel or three elementwise ops.
+        self._post_energy = self._maybe_compile(self._posterior_energy)
+        self._prior_energy = self._maybe_compile(self._prior_energy_fn)
         self._denoise = self._maybe_compile(self._denoise_fn)
 
     # -- building blocks ----------------------------------------------------------------------------------
@@ -169,31 +172,33 @@ class FastChains:
     def _maybe_compile(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if not self.plan.compile:
             return fn
-        import torch._dynamo.config as dynamo_config
-
-        # Lets Dynamo put the input-gradient autograd.grad call inside the compiled graph (torch >= 2.11).
-        if hasattr(dynamo_config, "trace_autograd_ops"):
-            dynamo_config.trace_autograd_ops = True
         return torch.compile(fn, fullgraph=True, dynamic=False)
 
-    def _posterior_step(self, x: Tensor, z: Tensor, eps: Tensor | None, step_size: float) -> Tensor:
-        """One step of eq. 16: ∇[‖x − G(z)‖²/(2σ²) + E(z)] with G in bf16, the rest fp32; then the update."""
+    def _posterior_energy(self, x: Tensor, zz: Tensor) -> Tensor:
+        """Σ_b [‖x − G(z)‖²/(2σ²) + E(z)] (eq. 16 without ½‖z‖²), G in bf16, the rest fp32; x (B, C, H, W)."""
         lv = self.learner.cfg.langevin
         nets = self.learner.nets
+        with self.autocast():
+            xh = nets.generator(zz)
+        rec = (x - xh.float()).flatten(1).pow(2).sum(dim=1) * (0.5 / (lv.likelihood_sigma ** 2))
+        return (rec + nets.energy(zz)).sum()  # E in fp32: energies and reductions stay fp32
+
+    def _prior_energy_fn(self, zz: Tensor) -> Tensor:
+        """Σ_b E(z) (eq. 3 without ½‖z‖²; the MLP is tiny: fp32)."""
+        return self.learner.nets.energy(zz).sum()
+
+    def _post_step(self, x: Tensor, z: Tensor, eps: Tensor | None, step_size: float) -> Tensor:
+        """One posterior step (eq. 16): the input gradient of the (compiled) energy, then the update."""
         with torch.enable_grad():
             zz = z.detach().requires_grad_(True)
-            with self.autocast():
-                xh = nets.generator(zz)
-            rec = (x - xh.float()).flatten(1).pow(2).sum(dim=1) * (0.5 / (lv.likelihood_sigma ** 2))
-            energy = rec + nets.energy(zz)  # E in fp32: energies and reductions stay fp32
-            (g,) = torch.autograd.grad(energy.sum(), zz)
+            (g,) = torch.autograd.grad(self._post_energy(x, zz), zz)
         return self.update_op(z, g, step_size, eps)
 
-    def _prior_step_fn(self, z: Tensor, eps: Tensor | None, step_size: float) -> Tensor:
-        """One step of eq. 3 on E(z) + ½‖z‖² (the MLP is tiny: fp32)."""
+    def _prior_step(self, z: Tensor, eps: Tensor | None, step_size: float) -> Tensor:
+        """One prior step (eq. 3)."""
         with torch.enable_grad():
             zz = z.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.learner.nets.energy(zz).sum(), zz)
+            (g,) = torch.autograd.grad(self._prior_energy(zz), zz)
         return self.update_op(z, g, step_size, eps)
 
     def _denoise_fn(self, net: nn.Module, z: Tensor, lam: Tensor, xemb: Tensor) -> Tensor:

@@ -801,9 +801,20 @@ def _load_folder(directory: Path, shape: tuple[int, int, int], limit: int | None
 # --------------------------------------------------------------------------------------------------
 
 
+# x / 127.5 - 1 for each byte value, computed once on the CPU with true division: bitwise equal to ToTensor() +
+# Normalize(0.5, 0.5) for all 256 values in fp32. Batches are normalised by looking this table up, which gives the
+# same floats on every device: CUDA's `tensor / scalar` multiplies by the reciprocal instead, 1 ulp off for some
+# bytes (found on an H100 by tests/test_data.py::test_stream_cuda_matches_cpu).
+U8_TO_UNIT = torch.arange(256, dtype=torch.uint8).float().div_(127.5).sub_(1.0)  # (256,) fp32
+_U8_TO_UNIT_ON: dict[torch.device, torch.Tensor] = {}
+
+
 def _u8_to_float(x: torch.Tensor) -> torch.Tensor:
-    # x / 127.5 - 1 is bitwise equal to ToTensor() + Normalize(0.5, 0.5) for all 256 byte values in fp32.
-    return x.float().div_(127.5).sub_(1.0)
+    """uint8 (any shape) -> fp32 in [-1, 1] on x's device, bitwise equal on CPU and GPU."""
+    lut = _U8_TO_UNIT_ON.get(x.device)
+    if lut is None:  # one small copy per device, not one per batch
+        lut = _U8_TO_UNIT_ON.setdefault(x.device, U8_TO_UNIT.to(x.device))
+    return lut[x.long()]
 
 
 def _check_u8(images_u8: torch.Tensor) -> None:

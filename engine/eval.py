@@ -45,6 +45,7 @@ from torch import Tensor
 from engine import checkpoint, system
 from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, SystemConfig, from_dict
+from engine.data import _u8_to_float
 from engine.files import atomic_write
 from engine.images import save_grid
 from engine.learner import (
@@ -131,8 +132,8 @@ def paper_figure(cfg: Config, metric: str) -> float | None:
 
 
 def _to_unit(x_u8: Tensor, device: torch.device) -> Tensor:
-    # x/127.5 − 1, the engine's ToTensor + Normalize(0.5, 0.5) (bitwise, see engine.data).
-    return x_u8.to(device).float().div_(127.5).sub_(1.0)
+    # x/127.5 − 1, the engine's ToTensor + Normalize(0.5, 0.5) (bitwise on every device, see engine.data).
+    return _u8_to_float(x_u8.to(device))
 
 
 def posterior_latents(learner: Learner, x: Tensor, n_steps: int, step_size: float, sigma: float,

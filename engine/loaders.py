@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from engine.data import (
+    U8_TO_UNIT,
     BatchStream,
     EpochPlan,
     _check_shape,
@@ -236,10 +237,10 @@ def dali_available() -> bool:
 
 
 def _lut() -> list[float]:
-    # x / 127.5 - 1 for every byte, computed by torch exactly as BatchStream does it, so the DALI lookup gives
-    # bitwise the same floats (DALI's crop_mirror_normalize computes (x - 127.5) * (1 / 127.5), which is one
-    # ulp off for 174 of the 256 values).
-    return torch.arange(256, dtype=torch.uint8).float().div_(127.5).sub_(1.0).tolist()
+    # The table BatchStream looks up (x / 127.5 - 1 for every byte), so the DALI lookup gives bitwise the same
+    # floats (DALI's crop_mirror_normalize computes (x - 127.5) * (1 / 127.5), which is one ulp off for 174 of
+    # the 256 values).
+    return U8_TO_UNIT.tolist()
 
 
 class _DaliStream:
