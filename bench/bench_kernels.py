@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 
-from engine.diffusion import sampler_table
+from engine.sampling.diffusion import sampler_table
 from kernels.backend import triton_available, use_backend
 from kernels.ddpm_step import ddpm_step, ddpm_step_philox, ddpm_step_ref, pack_sampler_table
 from kernels.langevin_update import (

@@ -37,8 +37,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import BatchStream
-from engine.loaders import DeviceStream, FolderSpec, dali_available
+from engine.data import BatchStream, FolderSpec
+from engine.data.dali import dali_available
+from engine.data.loaders import DeviceStream
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
@@ -99,7 +100,7 @@ def _memory_loader(kind: str, images: torch.Tensor) -> Any:
         return BatchStream(images, BATCH, seed=0, flip=True, device=DEVICE)
     if kind == "gpu":
         return DeviceStream(images, BATCH, seed=0, flip=True, device=DEVICE)
-    from engine.loaders import DaliMemoryStream
+    from engine.data.dali import DaliMemoryStream
 
     return DaliMemoryStream(images, BATCH, seed=0, flip=True, device=DEVICE, exact=kind == "dali")
 
@@ -139,7 +140,7 @@ def jpeg256(tmp_path_factory: pytest.TempPathFactory) -> FolderSpec:
 def _folder_loader(kind: str, spec: FolderSpec, batch: int) -> tuple[Any, dict[str, Any]]:
     info: dict[str, Any] = {"images": len(spec.files), "image_shape": list(spec.image_shape)}
     if kind == "dali":
-        from engine.loaders import DaliFolderStream
+        from engine.data.dali import DaliFolderStream
 
         t0 = time.perf_counter()
         loader = DaliFolderStream(spec, batch, seed=0, flip=True, device=DEVICE)

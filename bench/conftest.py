@@ -23,9 +23,9 @@ import torch
 from bench.env import environment
 from bench.phases import REPO, SMOKE_OVERRIDES, Sizes
 from bench.phases import bench_config as _bench_config
-from engine import system
 from engine.config import Config
 from engine.learner import Learner, build_learner
+from engine.runtime import system
 
 __all__ = ["REPO", "TINY", "make_learner", "synced", "sync", "measure", "plan"]
 

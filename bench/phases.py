@@ -15,8 +15,8 @@ rounds.
 Both registered configurations share the phase bodies below. They mirror ``engine.learner.train_step`` and
 go through ``learner.chains`` exactly as it does, so they differ only in how the engine was set up:
   * ``reference``: ``build_learner`` as is (ReferenceChains, eager fp32, TF32 off);
-  * ``fast``: the engine's ``perf.preset: fast`` (``engine.perf.resolve`` → ``system.apply_perf`` →
-    ``engine.chains.build_chains``), i.e. what ``python -m engine.train perf.preset=fast`` runs. Where the
+  * ``fast``: the engine's ``perf.preset: fast`` (``engine.runtime.perf.resolve`` → ``system.apply_perf`` →
+    ``engine.runtime.chains.build_chains``), i.e. what ``python -m engine.train perf.preset=fast`` runs. Where the
     device offers none of it (CPU) the plan is the reference and the report says "same as reference".
 Another configuration is one ``register(name, build, describe=...)`` call.
 """
@@ -31,12 +31,9 @@ from typing import Literal
 
 import torch
 
-from engine import perf, system
-from engine.chains import build_chains
 from engine.config import Config, load_config
 from engine.learner import (
     Learner,
-    amortizer_sample,
     amortizer_updates,
     build_learner,
     damc_prior_latents,
@@ -47,6 +44,9 @@ from engine.learner import (
     train_step,
 )
 from engine.models import IMAGE_SHAPES
+from engine.runtime import perf, system
+from engine.runtime.fast import build_chains
+from engine.sampling.draws import amortizer_sample
 
 from .flops import posterior_chain_flops
 
@@ -167,7 +167,7 @@ def _learner(cfg: Config, device: torch.device, chains_for: ChainsFactory | None
     system.seed_init(cfg.train.seed)  # same weights for every configuration
     learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
     if chains_for is not None:
-        learner.chains = chains_for(learner)  # as engine.train does, after the learner is built
+        learner.chains = chains_for(learner)  # as engine.run.train does, after the learner is built
     return learner
 
 
@@ -255,7 +255,7 @@ def build_with_chains(cfg: Config, device: torch.device, wanted: Sequence[str],
 
 
 def build_reference(cfg: Config, device: torch.device, wanted: Sequence[str]) -> dict[str, PhaseFn]:
-    """Eager fp32 with TF32 off (engine.system.setup): the authors' arithmetic without their host syncs."""
+    """Eager fp32 with TF32 off (engine.runtime.system.setup): the authors' arithmetic without their host syncs."""
     system.setup(dataclasses.replace(cfg.system, device=device.type))
     return build_with_chains(cfg, device, wanted)
 
@@ -265,7 +265,7 @@ def fast_config(cfg: Config) -> Config:
 
 
 def build_fast(cfg: Config, device: torch.device, wanted: Sequence[str]) -> dict[str, PhaseFn]:
-    """The engine's ``perf.preset: fast`` on this device, set up the way engine.train sets it up."""
+    """The engine's ``perf.preset: fast`` on this device, set up the way engine.run.train sets it up."""
     cfg = fast_config(cfg)
     plan, _ = perf.resolve(cfg.perf, device)
     system.setup(dataclasses.replace(cfg.system, device=device.type))

@@ -16,16 +16,30 @@ on the host, so the caller decides when to sync (log intervals).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from engine.config import Config
-from engine.diffusion import SamplerTable, ancestral_sample, diffusion_loss, sampler_table
-from engine.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
+from engine.config import Config, DiffusionConfig
 from engine.models import Amortizer, Networks, build_networks
+from engine.runtime.chains import Chains, ReferenceChains
+from engine.sampling.diffusion import SamplerTable, sampler_table
+from engine.sampling.draws import amortizer_loss
+
+__all__ = [
+    "Learner",
+    "amortizer_updates",
+    "build_learner",
+    "damc_prior_latents",
+    "ema_update",
+    "energy_update",
+    "generator_update",
+    "lebm_prior_latents",
+    "reconstruct",
+    "set_learning_rates",
+    "train_step",
+]
 
 
 @dataclass
@@ -41,7 +55,8 @@ class Learner:
     table: SamplerTable  # ancestral-sampler coefficients on the device
     rng: torch.Generator  # the run's device RNG; all draws of the iteration come from it
     iteration: int = 0  # number of completed iterations
-    chains: Any = None  # how the three loops run: ReferenceChains (default) or FastChains (engine.chains)
+    # How the three loops run: ReferenceChains (set by build_learner) or engine.runtime.fast.FastChains.
+    chains: Chains = field(init=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -68,68 +83,8 @@ def build_learner(cfg: Config, device: torch.device, rng: torch.Generator) -> Le
     d = cfg.diffusion
     table = sampler_table(d.n_steps, d.logsnr_min, d.logsnr_max, device=device)
     learner = Learner(cfg, nets, ema, opt_g, opt_e, opt_q, table, rng)
-    from engine.chains import ReferenceChains
-
     learner.chains = ReferenceChains(learner)
     return learner
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sampling with the amortizer (training init, prior samples, reconstructions)
-
-
-def amortizer_sample(amortizer: Amortizer, table: SamplerTable, rng: torch.Generator, *,
-                     x: Tensor | None = None, n: int | None = None, nz: int,
-                     with_noise: bool = True) -> Tensor:
-    """Draw z (B, nz) with the ancestral sampler: conditional on images x, or unconditional (n rows).
-
-    The unconditional branch embeds a random null token ξ ~ N(0, I), drawn once per sample and kept for
-    all steps (spec §1.4). Draw order: [ξ], z_T, then one ε per step.
-    """
-    with torch.no_grad():
-        if x is not None:
-            xemb = amortizer.cond_embedding(x)  # (B, nemb), computed once for all steps
-            b, device = x.shape[0], x.device
-        else:
-            assert n is not None
-            device = table.logsnr.device
-            xi = torch.randn(n, nz, generator=rng, device=device)
-            xemb = amortizer.null_embedding(xi)
-            b = n
-        z = torch.randn(b, nz, generator=rng, device=device)
-        return ancestral_sample(lambda zt, lam: amortizer(zt, lam, xemb), z, table, generator=rng,
-                                with_noise=with_noise)
-
-
-def amortizer_loss(amortizer: Amortizer, z0: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
-                   logsnr_min: float, logsnr_max: float) -> Tensor:
-    """ε-loss on targets z0 (B, nz); row i is conditional where keep[i] = 1, else the random null token.
-
-    Draw order per call (spec §3 RNG order): ξ (B, nz), u (B,), ε (B, nz).
-    """
-    b, nz = z0.shape
-    xi = torch.randn(b, nz, generator=rng, device=z0.device)
-    keep = keep[:, None]
-    xemb = keep * amortizer.cond_embedding(x) + (1 - keep) * amortizer.null_embedding(xi)
-    u = torch.rand(b, generator=rng, device=z0.device)
-    eps = torch.randn(b, nz, generator=rng, device=z0.device)
-    return diffusion_loss(amortizer, z0, xemb, u, eps, logsnr_min, logsnr_max)
-
-
-def posterior_chain(nets: Networks, x: Tensor, z: Tensor, sigma: float, n_steps: int, step_size: float,
-                    with_noise: bool, rng: torch.Generator) -> Tensor:
-    """Langevin on ‖x − G(z)‖²/(2σ²) + E(z) + ½‖z‖² (eq. 16) from z (B, nz)."""
-    fn = posterior_energy(nets.generator, nets.energy, x, sigma)
-    return langevin_chain(z, lambda zz: energy_grad(fn, zz), n_steps, step_size, generator=rng,
-                          with_noise=with_noise)
-
-
-def prior_chain(nets: Networks, z: Tensor, n_steps: int, step_size: float, with_noise: bool,
-                rng: torch.Generator) -> Tensor:
-    """Langevin on E(z) + ½‖z‖² (eq. 3) from z (B, nz)."""
-    fn = prior_energy(nets.energy)
-    return langevin_chain(z, lambda zz: energy_grad(fn, zz), n_steps, step_size, generator=rng,
-                          with_noise=with_noise)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,7 +92,7 @@ def prior_chain(nets: Networks, z: Tensor, n_steps: int, step_size: float, with_
 
 
 def _q_loss(amortizer: Amortizer, z_pos: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
-            d: Any) -> Tensor:
+            d: DiffusionConfig) -> Tensor:
     """One amortizer loss (spec §3 step 5): masked rows, or conditional + unconditional (MNIST script)."""
     if d.uncond_loss == "mask":
         return amortizer_loss(amortizer, z_pos, x, keep, rng, d.logsnr_min, d.logsnr_max)

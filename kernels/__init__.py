@@ -6,8 +6,8 @@ kernel), the ``@triton.jit`` kernel ``_<op>_kernel``, its launcher ``_<op>_trito
 break). The engine calls only the public ops; :mod:`kernels.backend` decides, per call, between the kernel
 and the reference ("auto": the kernel on CUDA when Triton imports, the reference on CPU or without Triton).
 
-    kernels.langevin_update   langevin_update, langevin_update_philox      (engine.langevin.langevin_update)
-    kernels.ddpm_step         ddpm_step, ddpm_step_philox, pack_sampler_table, SamplerStep  (engine.diffusion.ddpm_step)
+    kernels.langevin_update   langevin_update, langevin_update_philox      (engine.sampling.langevin.langevin_update)
+    kernels.ddpm_step         ddpm_step, ddpm_step_philox, pack_sampler_table   (engine.sampling.diffusion.ddpm_step)
     kernels.philox_noise      philox_noise, philox_seed_offset: the in-kernel ε as a tensor, its seeds
 
 Triton is an optional dependency (``pip install 'damc-engine[gpu]'``). Importing this package does not import

@@ -1,9 +1,9 @@
-"""Fused ancestral DDPM step (paper eq. 5, γ = 1; ``engine.diffusion``):
+"""Fused ancestral DDPM step (paper eq. 5, γ = 1; ``engine.sampling.diffusion``):
 
     ẑ0  = c_x0_z·z − c_x0_eps·ε̂                     (= (z − σ_t ε̂)/α_t)
     z_s = c_mean_z·z + c_mean_x0·ẑ0 + std·ε          (posterior mean + σ_{t|s}·ε, "large" variance)
 
-Coefficients come from a per-step table, computed once in float64 by ``engine.diffusion.sampler_table`` and
+Coefficients come from a per-step table, computed once in float64 by ``engine.sampling.diffusion.sampler_table`` and
 stored in fp32, packed here as one contiguous (T, 6) fp32 tensor (:func:`pack_sampler_table`; columns
 :data:`TABLE_COLUMNS`). The step index k is read from device memory, so one launch (or one CUDA-graph node)
 serves every step; the last row (c_mean_z = 0, c_mean_x0 = 1, std = 0) is the deterministic final
@@ -17,7 +17,7 @@ Ops (each with a plain-torch ``_ref`` of the same signature, the spec of the ker
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -25,9 +25,6 @@ from torch.library import triton_op, wrap_triton
 
 from kernels.backend import as_rows, launch_strides, quiet_triton_op_registration, use_triton
 from kernels.philox_noise import check_philox_args, counters_per_step, launch_config, philox_noise_ref
-
-if TYPE_CHECKING:
-    from engine.diffusion import SamplerTable
 
 try:
     import triton
@@ -40,7 +37,19 @@ NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
 _EPS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def pack_sampler_table(table: SamplerTable) -> Tensor:
+class CoefficientTable(Protocol):
+    """The per-step coefficient columns (each (T,)) of ``engine.sampling.diffusion.SamplerTable``; kernels/ never
+    imports the engine, so the table is described by the attributes it must have."""
+
+    logsnr: Tensor
+    c_x0_z: Tensor
+    c_x0_eps: Tensor
+    c_mean_z: Tensor
+    c_mean_x0: Tensor
+    std: Tensor
+
+
+def pack_sampler_table(table: CoefficientTable) -> Tensor:
     """(T, 6) contiguous fp32 on the table's device, columns :data:`TABLE_COLUMNS`; values unchanged."""
     cols = [getattr(table, name).to(torch.float32) for name in TABLE_COLUMNS]  # each (T,)
     return torch.stack(cols, dim=1).contiguous()
@@ -49,7 +58,7 @@ def pack_sampler_table(table: SamplerTable) -> Tensor:
 def ddpm_step_ref(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, noise: Tensor | None) -> Tensor:
     """z (B, nz) fp32, ε̂ (B, nz) any float dtype, table (T, 6) fp32, k () int64, noise (B, nz) or None.
 
-    Identical, operation for operation, to ``engine.diffusion.ddpm_step`` at row k (ε̂ is first cast to z's
+    Identical, operation for operation, to ``engine.sampling.diffusion.ddpm_step`` at row k (ε̂ is first cast to z's
     dtype, so a bf16 ε̂ gets fp32 arithmetic). The row is gathered on the device: no host sync.
     """
     row = table.index_select(0, k.reshape(1)).reshape(-1)  # (6,)
@@ -209,25 +218,3 @@ def _backward_philox(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, 
 
 ddpm_step.register_autograd(_backward, setup_context=_setup_context)
 ddpm_step_philox.register_autograd(_backward_philox, setup_context=_setup_context)
-
-
-class SamplerStep:
-    """``engine.diffusion.ddpm_step``'s signature ``(z, eps_hat, k: int, table: SamplerTable, noise)`` on top of
-    the fused op: drop-in for ``FastChains(..., step_op=SamplerStep())``.
-
-    Per table it packs the coefficients once and keeps the step indices 0..T−1 in device memory; step k
-    passes the view ``ks[k]``, so each node of a captured loop reads its own fixed address. The first call
-    (a warm-up, before any capture) does the packing; the table object is kept alive with its cache entry.
-    """
-
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[SamplerTable, Tensor, Tensor]] = {}
-
-    def __call__(self, z: Tensor, eps_hat: Tensor, k: int, table: SamplerTable, noise: Tensor | None) -> Tensor:
-        entry = self._cache.get(id(table))
-        if entry is None:
-            coeffs = pack_sampler_table(table)  # (T, 6) fp32
-            ks = torch.arange(coeffs.shape[0], device=coeffs.device)  # (T,) int64
-            entry = self._cache[id(table)] = (table, coeffs, ks)
-        _, coeffs, ks = entry
-        return ddpm_step(z, eps_hat, coeffs, ks[k], noise)

@@ -1,4 +1,4 @@
-"""Fused Langevin update for both chains (paper eq. 3 / 16; ``engine.langevin``):
+"""Fused Langevin update for both chains (paper eq. 3 / 16; ``engine.sampling.langevin``):
 
     z ← z − ½s²·(g + z) + s·ε,      g = ∇V(z) (the non-Gaussian part), ½‖z‖²'s gradient z folded in.
 
@@ -38,7 +38,7 @@ _GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def langevin_update_ref(z: Tensor, grad: Tensor, step_size: float, noise: Tensor | None) -> Tensor:
     """z (B, nz), grad (B, nz) any float dtype, noise (B, nz) or None -> z' (B, nz) in z's dtype.
 
-    Identical, operation for operation, to ``engine.langevin.langevin_update``.
+    Identical, operation for operation, to ``engine.sampling.langevin.langevin_update``.
     """
     out = z - (0.5 * step_size * step_size) * (grad.to(z.dtype) + z)
     if noise is not None:

@@ -37,10 +37,10 @@ from bench.phases import (
     build_phases,
     build_with_chains,
 )
-from engine.chains import FastChains
 from engine.config import ModelConfig, load_config
 from engine.models import IMAGE_SHAPES, EnergyMLP, Generator
-from engine.perf import PerfPlan
+from engine.runtime.fast import FastChains
+from engine.runtime.perf import PerfPlan
 
 # ---------------------------------------------------------------------------------------------------------
 # FLOP counter

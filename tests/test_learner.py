@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import system
 from engine.config import Config, load_config
 from engine.learner import Learner, _lr_at, build_learner, ema_update, train_step
+from engine.runtime import system
 
 TINY = [
     "model.nz=4", "model.ngf=4", "model.nif=4", "model.nemb=8", "model.unet_nf=1", "model.ntemb=8",

@@ -3,7 +3,7 @@
 Protocols are spec ``damc.md`` §4, with the authors' code values as defaults:
 
 * **FID** (``fid`` = both, or ``fid_damc`` / ``fid_lebm``): 2048-d pool3 features of the pytorch-fid Inception
-  (``engine.fid``), ``--fid-samples`` (50,000) generated images in batches of ``--batch`` (500), clamped to
+  (:mod:`engine.eval.fid`), ``--fid-samples`` (50,000) generated images in batches of ``--batch`` (500), clamped to
   [−1, 1] then (x+1)/2, against the statistics of the first 50,000 training images (test transform, cached
   per dataset; an image folder, read class by class, gives a fixed random subset when it holds more).
   DAMC: the online amortizer's unconditional draw (random null token, 100 steps), then G.
@@ -29,51 +29,29 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from engine import checkpoint, system
-from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, SystemConfig, from_dict
-from engine.data import _u8_to_float
-from engine.files import atomic_write
-from engine.images import save_grid
-from engine.learner import (
-    Learner,
-    amortizer_sample,
-    damc_prior_latents,
-    lebm_prior_latents,
-    posterior_chain,
-    prior_chain,
-)
+from engine.data import load_images, load_mnist_anomaly
+from engine.eval import fid
+from engine.eval.chains import long_run_chains
+from engine.eval.metrics import EvalError, eval_auprc, eval_mse
+from engine.learner import Learner
 from engine.models import IMAGE_SHAPES
+from engine.run import checkpoint
+from engine.run.checkpoint import CheckpointError
+from engine.run.files import atomic_write
+from engine.runtime import system
 
-__all__ = [
-    "METRICS",
-    "PAPER",
-    "EvalError",
-    "anomaly_scores",
-    "auprc",
-    "dataset_copy",
-    "eval_auprc",
-    "eval_fid",
-    "eval_mse",
-    "line_plot_png",
-    "long_run_chains",
-    "main",
-    "paper_figure",
-    "posterior_latents",
-]
+__all__ = ["METRICS", "PAPER", "EvalError", "dataset_copy", "evaluate", "format_table", "main", "paper_figure"]
 
 METRICS = ("fid", "fid_damc", "fid_lebm", "mse", "auprc", "chains")
 
@@ -84,21 +62,15 @@ PAPER: dict[str, dict[str, float]] = {
     "celeba64": {"mse": 0.005, "fid_damc": 30.83, "fid_lebm": 35.67},
     "celebahq256": {"mse": 0.023, "fid_damc": 85.88, "fid_lebm": 89.54},
 }
+
 PAPER_AUPRC: dict[int, float] = {1: 0.684, 4: 0.911, 5: 0.939, 7: 0.801, 9: 0.705}
+
 _PAPER_DATA = {"cifar10": "CIFAR-10", "svhn": "SVHN", "celeba64": "CelebA 64x64", "celebahq256": "CelebA-HQ 256",
                "mnist": "MNIST"}
 
 
-class EvalError(RuntimeError):
-    """Bad input or an evaluation that cannot run; the message is one line."""
-
-
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# What was evaluated
 
 
 def dataset_copy(cfg: Config) -> str:
@@ -125,214 +97,6 @@ def paper_figure(cfg: Config, metric: str) -> float | None:
     if metric == "auprc":
         return PAPER_AUPRC.get(cfg.data.heldout_digit) if cfg.model.arch == "mnist" else None
     return PAPER.get(cfg.model.arch, {}).get(metric)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Posterior inference, MSE and anomaly scores
-
-
-def _to_unit(x_u8: Tensor, device: torch.device) -> Tensor:
-    # x/127.5 − 1, the engine's ToTensor + Normalize(0.5, 0.5) (bitwise on every device, see engine.data).
-    return _u8_to_float(x_u8.to(device))
-
-
-def posterior_latents(learner: Learner, x: Tensor, n_steps: int, step_size: float, sigma: float,
-                      rng: torch.Generator) -> Tensor:
-    """Spec §4: the online amortizer's conditional draw (N(0, I) for an LEBM run), then noise-free Langevin."""
-    nz = learner.cfg.model.nz
-    amortizer = learner.nets.amortizer
-    if amortizer is not None:
-        z = amortizer_sample(amortizer, learner.table, rng, x=x, nz=nz,
-                             with_noise=learner.cfg.diffusion.sampler_noise)
-    else:
-        z = torch.randn(x.shape[0], nz, generator=rng, device=x.device)
-    return posterior_chain(learner.nets, x, z, sigma, n_steps, step_size, False, rng)
-
-
-def eval_mse(learner: Learner, images_u8: Tensor, *, batch_size: int, n_steps: int, step_size: float,
-             sigma: float, rng: torch.Generator) -> float:
-    """Mean over images of the per-image mean over C·H·W of (G(z) − x)², [−1, 1] units (spec §4)."""
-    total, n = 0.0, 0
-    for chunk in images_u8.split(batch_size):
-        x = _to_unit(chunk, learner.device)
-        z = posterior_latents(learner, x, n_steps, step_size, sigma, rng)
-        with torch.no_grad():
-            per_image = (learner.nets.generator(z) - x).flatten(1).pow(2).mean(dim=1)
-        total += float(per_image.double().sum())
-        n += x.shape[0]
-    return total / n
-
-
-def anomaly_scores(learner: Learner, images_u8: Tensor, *, batch_size: int, n_steps: int, step_size: float,
-                   sigma: float, rng: torch.Generator) -> np.ndarray:
-    """Σ_pix (G(z) − x)² + E(z) + ½‖z‖² per image (weight 1 on the reconstruction; higher = more anomalous)."""
-    out = []
-    for chunk in images_u8.split(batch_size):
-        x = _to_unit(chunk, learner.device)
-        z = posterior_latents(learner, x, n_steps, step_size, sigma, rng)
-        with torch.no_grad():
-            rec = (learner.nets.generator(z) - x).flatten(1).pow(2).sum(dim=1)
-            score = rec + learner.nets.energy(z) + 0.5 * z.pow(2).sum(dim=1)
-        out.append(score.double().cpu())
-    return torch.cat(out).numpy()
-
-
-def auprc(labels: np.ndarray | Sequence[int], scores: np.ndarray | Sequence[float]) -> float:
-    """``sklearn.metrics.auc(recall, precision)`` of ``precision_recall_curve(labels, scores)`` (spec §4)."""
-    try:
-        from sklearn.metrics import auc, precision_recall_curve
-    except ImportError:
-        raise EvalError("AUPRC needs scikit-learn: pip install scikit-learn") from None
-    precision, recall, _ = precision_recall_curve(np.asarray(labels), np.asarray(scores))
-    return float(auc(recall, precision))
-
-
-def eval_auprc(learner: Learner, images_u8: Tensor, labels: Tensor, *, batch_size: int, n_steps: int,
-               step_size: float, sigma: float, rng: torch.Generator) -> float:
-    scores = anomaly_scores(learner, images_u8, batch_size=batch_size, n_steps=n_steps, step_size=step_size,
-                            sigma=sigma, rng=rng)
-    return auprc(labels.numpy(), scores)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# FID
-
-
-def fake_batches(learner: Learner, kind: str, n: int, batch_size: int, rng: torch.Generator, *,
-                 lebm_steps: int = 100, lebm_step_size: float = 0.4) -> Iterator[Tensor]:
-    """n generated images in [0, 1], batch by batch: G(z) clamped to [−1, 1], then (x+1)/2 (spec §4)."""
-    done = 0
-    while done < n:
-        b = min(batch_size, n - done)
-        if kind == "damc":
-            z = damc_prior_latents(learner, b, rng)
-        else:
-            z = lebm_prior_latents(learner, b, lebm_steps, lebm_step_size, rng)
-        with torch.no_grad():
-            yield (learner.nets.generator(z).clamp(-1.0, 1.0) + 1.0) / 2.0
-        done += b
-
-
-def eval_fid(learner: Learner, kind: str, real: tuple[np.ndarray, np.ndarray], extractor: Any, *, n: int,
-             batch_size: int, rng: torch.Generator, lebm_steps: int = 100, lebm_step_size: float = 0.4,
-             progress: Callable[[int], None] | None = None) -> float:
-    """FID of n DAMC (``kind='damc'``) or LEBM (``'lebm'``) samples against real statistics (μ, Σ)."""
-    from engine.fid import frechet_distance, stats_of
-
-    batches = fake_batches(learner, kind, n, batch_size, rng, lebm_steps=lebm_steps, lebm_step_size=lebm_step_size)
-    mu, sigma, _ = stats_of(batches, extractor, progress)
-    return frechet_distance(mu, sigma, *real)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Long-run chains (paper Fig. 4)
-
-
-def _save_png(img: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: img.save(f, format="PNG"))
-    return path
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if not math.isfinite(lo) or not math.isfinite(hi):
-        return []
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / max(n - 1, 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def line_plot_png(values: Sequence[float], path: Path, title: str, xlabel: str = "step", ylabel: str = "",
-                  size: tuple[int, int] = (720, 400)) -> Path:
-    """A line plot drawn with PIL (matplotlib is not a dependency): axes, ticks, one polyline."""
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    left, right, top, bottom = 70, 20, 30, 45
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    vals = np.asarray(values, dtype=np.float64)
-    finite = vals[np.isfinite(vals)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    pad = 0.05 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
-    n = max(len(vals) - 1, 1)
-    px = lambda i: left + (w - left - right) * i / n
-    py = lambda v: top + (h - top - bottom) * (hi - v) / (hi - lo)
-    draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    for t in _nice_ticks(lo, hi):
-        y = py(t)
-        draw.line([left - 4, y, left, y], fill="black")
-        draw.line([left + 1, y, w - right - 1, y], fill=(230, 230, 230))
-        draw.text((4, y - 6), f"{t:.4g}", fill="black")
-    for t in _nice_ticks(0, n):
-        x = px(t)
-        draw.line([x, h - bottom, x, h - bottom + 4], fill="black")
-        draw.text((x - 10, h - bottom + 6), f"{t:g}", fill="black")
-    pts = [(px(i), py(v)) for i, v in enumerate(vals) if math.isfinite(v)]
-    if len(pts) > 1:
-        draw.line(pts, fill=(200, 30, 30), width=2)
-    draw.text((left, 8), title, fill="black")
-    draw.text(((w - left) // 2 + left - 20, h - 18), xlabel, fill="black")
-    if ylabel:
-        draw.text((4, top - 22), ylabel, fill="black")
-    return _save_png(img, path)
-
-
-def long_run_chains(learner: Learner, out_dir: Path, *, steps: Sequence[int] = (200, 2500), n_chains: int = 8,
-                    n_snapshots: int = 10, step_size: float = 0.4, rng: torch.Generator,
-                    tag: str = "") -> dict[str, Any]:
-    """Prior Langevin from N(0, I) (noise on), paper Fig. 4: image strips and the energy trace per length.
-
-    Writes ``chains_<T>steps<tag>.png`` (row = chain, columns = evenly spaced points from step 0 to T) and
-    ``energy_<T>steps<tag>.png`` (mean over chains of E(z) + ½‖z‖² at every step). Returns the file names,
-    the snapshot steps and the traces.
-    """
-    nets, nz = learner.nets, learner.cfg.model.nz
-    height = IMAGE_SHAPES[learner.cfg.model.arch][1]
-    style = {"scale": max(1, 32 // height), "pad_value": 128}
-    out: dict[str, Any] = {"files": [], "snapshot_steps": {}, "energy_trace": {}, "final_energy": {}}
-
-    def energy(z: Tensor) -> Tensor:
-        with torch.no_grad():
-            return (nets.energy(z) + 0.5 * z.pow(2).sum(dim=1)).mean()
-
-    for total in steps:
-        marks = sorted({round(total * j / max(n_snapshots - 1, 1)) for j in range(n_snapshots)})
-        z = torch.randn(n_chains, nz, generator=rng, device=learner.device)
-        trace = [energy(z)]  # device scalars: read once at the end, not per step
-        frames = []
-        with torch.no_grad():
-            if 0 in marks:
-                frames.append(nets.generator(z))
-        for t in range(1, total + 1):
-            # One step of the engine's prior chain; its draw order equals one call with total steps.
-            z = prior_chain(nets, z, 1, step_size, True, rng)
-            trace.append(energy(z))
-            if t in marks:
-                with torch.no_grad():
-                    frames.append(nets.generator(z))
-        grid = torch.stack(frames, dim=1).flatten(0, 1)  # chain-major: row i = chain i along the chain
-        strip = save_grid(grid, out_dir / f"chains_{total}steps{tag}.png", nrow=len(frames), **style)
-        values = torch.stack(trace).tolist()
-        plot = line_plot_png(values, out_dir / f"energy_{total}steps{tag}.png",
-                             f"mean E(z) + |z|^2/2 over {n_chains} chains, Langevin s={step_size:g}",
-                             xlabel="Langevin step", ylabel="energy")
-        out["files"] += [str(strip), str(plot)]
-        out["snapshot_steps"][str(total)] = marks
-        out["energy_trace"][str(total)] = [round(v, 6) for v in values]
-        out["final_energy"][str(total)] = values[-1]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The command
 
 
 @dataclass
@@ -391,11 +155,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise EvalError(f"--metrics auprc: anomaly detection needs an MNIST anomaly run (data.source mnist); this "
                         f"run uses {cfg.data.source!r} ({dataset_copy(cfg)})")
     if any(m.startswith("fid") for m in metrics):
-        from engine.fid import InceptionUnavailableError, inception_path
-
         try:
-            inception_path()
-        except InceptionUnavailableError as exc:
+            fid.inception_path()
+        except fid.InceptionUnavailableError as exc:
             raise EvalError(str(exc)) from None
     _positive("--fid-samples", args.fid_samples, 2)
     _positive("--batch", args.batch)
@@ -422,8 +184,6 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
 def _load_data(plan: _Plan, args: argparse.Namespace) -> dict[str, Any]:
     """Every data set a requested metric needs, loaded before any network work (errors are one line)."""
-    from engine.data import load_images, load_mnist_anomaly
-
     cfg, data = plan.cfg, {}
     shape = IMAGE_SHAPES[cfg.model.arch]
     try:
@@ -447,7 +207,6 @@ def _fmt(v: float | None, metric: str) -> str:
     if metric.startswith("fid"):
         return f"{v:.2f}"
     return f"{v:.4f}" if metric == "auprc" else f"{v:.5f}"
-
 
 _LABELS = {"mse": "MSE (test)", "fid_damc": "FID DAMC", "fid_lebm": "FID LEBM", "auprc": "AUPRC", "chains": "chains"}
 
@@ -573,14 +332,12 @@ class _FidContext:
 
 def _prepare_fid(cfg: Config, args: argparse.Namespace, device: torch.device) -> _FidContext:
     """Load the network and the (cached) real statistics: spec §4, training split, test transform."""
-    from engine.fid import InceptionFeatures, InceptionUnavailableError, real_stats
-
     try:
-        extractor = InceptionFeatures(device, batch_size=args.inception_batch)
-    except InceptionUnavailableError as exc:
+        extractor = fid.InceptionFeatures(device, batch_size=args.inception_batch)
+    except fid.InceptionUnavailableError as exc:
         raise EvalError(str(exc)) from None
     try:
-        mu, sig, n_real, cache = real_stats(cfg.data, IMAGE_SHAPES[cfg.model.arch], args.fid_samples, extractor,
+        mu, sig, n_real, cache = fid.real_stats(cfg.data, IMAGE_SHAPES[cfg.model.arch], args.fid_samples, extractor,
                                             split="train", subdir=args.fid_ref_subdir, batch_size=args.batch,
                                             use_cache=not args.no_fid_cache, log=_say)
     except (FileNotFoundError, ValueError, ImportError, OSError) as exc:
@@ -604,7 +361,7 @@ def _run_fid(metric: str, learner: Learner, args: argparse.Namespace, lebm_s: fl
         if bar is not None:
             bar.update(n - bar.n)
 
-    value = eval_fid(learner, kind, ctx.real, ctx.extractor, n=args.fid_samples, batch_size=args.batch, rng=rng,
+    value = fid.eval_fid(learner, kind, ctx.real, ctx.extractor, n=args.fid_samples, batch_size=args.batch, rng=rng,
                      lebm_steps=args.lebm_steps, lebm_step_size=lebm_s, progress=progress)
     if bar is not None:
         bar.close()
@@ -685,7 +442,3 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report))
     print(f"wrote {report['json']}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -41,12 +41,17 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from engine.data import load_images
+from engine.learner import Learner, damc_prior_latents, lebm_prior_latents
+from engine.run.files import atomic_write
 
 __all__ = [
     "INCEPTION_SHA256",
@@ -283,8 +288,6 @@ def _load_cached(path: Path, key: StatsKey) -> tuple[np.ndarray, np.ndarray, int
 
 
 def _save_cached(path: Path, key: StatsKey, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
-    from engine.files import atomic_write
-
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps(key.__dict__, default=list)
     atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, n=np.int64(n), key=np.array(key.digest()),
@@ -306,10 +309,6 @@ def real_stats(data_cfg: Any, image_shape: tuple[int, int, int], n: int, extract
     ``subdir`` overrides the folder source's split folder (CelebA-HQ's real statistics use ``val``).
     Returns (μ, Σ, number of images actually used, cache file or None).
     """
-    from types import SimpleNamespace
-
-    from engine.data import load_images
-
     cfg = data_cfg
     source = str(getattr(cfg, "source", ""))
     if subdir is not None:
@@ -343,3 +342,31 @@ def real_stats(data_cfg: Any, image_shape: tuple[int, int, int], n: int, extract
     if use_cache:
         _save_cached(path, key, mu, sigma, used)
     return mu, sigma, used, path if use_cache else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generated images (spec §4: DAMC and LEBM prior samples)
+
+
+def fake_batches(learner: Learner, kind: str, n: int, batch_size: int, rng: torch.Generator, *,
+                 lebm_steps: int = 100, lebm_step_size: float = 0.4) -> Iterator[Tensor]:
+    """n generated images in [0, 1], batch by batch: G(z) clamped to [−1, 1], then (x+1)/2 (spec §4)."""
+    done = 0
+    while done < n:
+        b = min(batch_size, n - done)
+        if kind == "damc":
+            z = damc_prior_latents(learner, b, rng)
+        else:
+            z = lebm_prior_latents(learner, b, lebm_steps, lebm_step_size, rng)
+        with torch.no_grad():
+            yield (learner.nets.generator(z).clamp(-1.0, 1.0) + 1.0) / 2.0
+        done += b
+
+
+def eval_fid(learner: Learner, kind: str, real: tuple[np.ndarray, np.ndarray], extractor: Any, *, n: int,
+             batch_size: int, rng: torch.Generator, lebm_steps: int = 100, lebm_step_size: float = 0.4,
+             progress: Callable[[int], None] | None = None) -> float:
+    """FID of n DAMC (``kind='damc'``) or LEBM (``'lebm'``) samples against real statistics (μ, Σ)."""
+    batches = fake_batches(learner, kind, n, batch_size, rng, lebm_steps=lebm_steps, lebm_step_size=lebm_step_size)
+    mu, sigma, _ = stats_of(batches, extractor, progress)
+    return frechet_distance(mu, sigma, *real)

@@ -6,8 +6,8 @@ Setup (spec §9):
 The amortizer is the engine's latent diffusion sampler (``LatentUNet`` with nz = 2, the random null token)
 with a small MLP embedding of x in place of the image encoder. Each iteration draws a fresh batch of x,
 initialises the posterior chains from the EMA amortizer, runs 50 Langevin steps (s 0.1) and distils the result
-back (6 AdamW updates). Sampler, ε-loss, chains and EMA are the engine's own (``engine.diffusion``,
-``engine.langevin``, ``engine.learner``), so this exercises exactly the code the image runs use.
+back (6 AdamW updates). Sampler, ε-loss, chains and EMA are the engine's own (``engine.sampling.diffusion``,
+``engine.sampling.langevin``, ``engine.learner``), so this exercises exactly the code the image runs use.
 
 Evaluation (the "stronger check" of spec §9), for several fixed x: the amortizer's conditional draws and
 short-run Langevin (50 steps from N(0, I)) are compared by sliced Wasserstein-2 distance and by MMD with two
@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -54,11 +53,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from engine.checkpoint import atomic_write
-from engine.diffusion import SamplerTable, sampler_table
-from engine.langevin import energy_grad, langevin_chain, posterior_energy
-from engine.learner import amortizer_loss, amortizer_sample, ema_update
-from engine.models import LatentUNet, NullToken
+from engine.eval.distances import mmd_rbf, sliced_wasserstein
+from engine.eval.plots import density_grid_png
+from engine.eval.toy_problem import (
+    ToyConfig,
+    ToyModel,
+    exact_posterior,
+    fast_config,
+    likelihood_net,
+    pinwheel,
+    posterior_langevin,
+)
+from engine.learner import ema_update
+from engine.run.files import atomic_write
+from engine.sampling.diffusion import SamplerTable, sampler_table
+from engine.sampling.draws import amortizer_loss, amortizer_sample
 
 __all__ = [
     "Reference",
@@ -71,138 +80,20 @@ __all__ = [
     "fast_config",
     "likelihood_net",
     "main",
-    "mmd_rbf",
     "pinwheel",
     "posterior_langevin",
     "reference",
     "run",
-    "sliced_wasserstein",
     "train",
 ]
-
-
-@dataclass
-class ToyConfig:
-    """Spec §9 values by default; ``fast_config()`` shortens training for tests and CPU smoke runs."""
-
-    seed: int = 0  # the problem (G, the fixed x, the references)
-    train_seed: int | None = None  # the amortizer's init and training draws; None = seed
-    obs_sigma: float = 0.25  # x = G(z) + N(0, σ²I), and the likelihood of the posterior
-    # Training (spec §9)
-    iterations: int = 3000
-    batch_size: int = 500
-    post_steps: int = 50  # posterior Langevin steps per iteration
-    post_step_size: float = 0.1
-    n_steps: int = 100  # ancestral sampler steps
-    logsnr_min: float = -5.1
-    logsnr_max: float = 9.8
-    unet_nf: int = 4  # U-Net width factor (widths 32·nf, 64·nf), as the image runs
-    ntemb: int = 128  # time embedding
-    nemb: int = 128  # x-embedding (and null-token) width
-    p_uncond: float = 0.1
-    updates_per_iter: int = 6
-    lr: float = 2e-4
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.5, 0.999)
-    grad_clip: float = 100.0
-    ema_decay: float = 0.75  # much faster than the image runs' 0.995
-    ema_every: int = 10
-    lr_decay: float = 0.99  # as spec §3: ×0.99 every 1,000 iterations, floored
-    lr_decay_every: int = 1000
-    lr_min: float = 1e-5
-    # Evaluation
-    n_eval_x: int = 8  # fixed observations x = G(z) + noise, z from the pinwheel (seeded)
-    eval_x: tuple[tuple[float, float], ...] = ()  # explicit observations instead (overrides n_eval_x)
-    n_eval_samples: int = 2000  # per x and per method
-    gt_steps: int = 2000  # long-run Langevin ("1K-3K steps until convergence", paper App. E.1)
-    short_steps: int = 50  # short-run Langevin baseline, from N(0, I)
-    eval_step_size: float = 0.1
-    n_projections: int = 256  # sliced Wasserstein
-    # Langevin convergence profile: one more set of chains from N(0, I), compared with the exact posterior and
-    # with the long-run set after each of these step counts (those ≤ gt_steps are used; gt_steps is added).
-    profile_steps: tuple[int, ...] = (0, 10, 25, 50, 100, 200, 500, 1000, 2000)
-    log_every: int = 100
-
-
-def fast_config(**overrides: Any) -> ToyConfig:
-    """The shortened run of the test (~2 min on 2 CPU cores): 500 iterations, batches of 200, a 20-step sampler,
-    U-Net width factor 2, EMA every 5 iterations, 500 evaluation samples, 1,000 long-run steps.
-
-    Everything else (problem, chains, loss, optimiser, EMA rate, comparison) is as spec §9.
-    """
-    base = ToyConfig(iterations=500, batch_size=200, n_steps=20, unet_nf=2, ema_every=5,
-                     n_eval_samples=500, gt_steps=1000, log_every=100)
-    return replace(base, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The generative problem
 
 
-def pinwheel(n: int, generator: torch.Generator) -> Tensor:
-    """n latents (n, 2) from the 2-arm pinwheel of spec §9 (equal class counts, shuffled)."""
-    c = (torch.arange(n) % 2).float()
-    r = torch.randn(n, generator=generator) * 0.3 + 1.0  # radial feature
-    t = torch.randn(n, generator=generator) * 0.1  # tangential feature
-    a = c * math.pi + 0.25 * torch.exp(r)
-    z = 2.0 * torch.stack([r * torch.cos(a) + t * torch.sin(a), -r * torch.sin(a) + t * torch.cos(a)], dim=1)
-    return z[torch.randperm(n, generator=generator)]
-
-
-def likelihood_net(generator: torch.Generator) -> nn.Sequential:
-    """The fixed random G: MLP 2→128→128→128→2 with ReLU, weights N(0, 0.2²), biases N(0, 0.1²); never trained."""
-    widths = [2, 128, 128, 128, 2]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        lin = nn.Linear(a, b)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=generator) * 0.2)
-            lin.bias.copy_(torch.randn(b, generator=generator) * 0.1)
-        layers.append(lin)
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers).requires_grad_(False)
-
-
-class _NoEnergy(nn.Module):
-    """E ≡ 0: the toy's prior is N(0, I) alone, whose ½‖z‖² the Langevin update already folds in."""
-
-    def forward(self, z: Tensor) -> Tensor:
-        return z.new_zeros(z.shape[0])
-
-
-def posterior_langevin(g: nn.Module, x: Tensor, z: Tensor, n_steps: int, step_size: float, sigma: float,
-                       generator: torch.Generator) -> Tensor:
-    """Langevin (noise on) on ‖x − G(z)‖²/(2σ²) + ½‖z‖² from z (B, 2); x (B, 2). The engine's chain."""
-    fn = posterior_energy(g, _NoEnergy(), x, sigma)
-    return langevin_chain(z, lambda zz: energy_grad(fn, zz), n_steps, step_size, generator=generator)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The amortizer
-
-
-class ToyModel(nn.Module):
-    """Q for 2-D latents: x-embedding MLP (x → nemb) + null token + ``LatentUNet(nz=2)``.
-
-    Same interface as ``engine.models.Amortizer`` (``cond_embedding``, ``null_embedding``, ``forward``), so
-    ``engine.learner.amortizer_sample`` / ``amortizer_loss`` drive it unchanged.
-    """
-
-    def __init__(self, nemb: int = 128, ntemb: int = 128, nf: int = 4, x_dim: int = 2, nz: int = 2) -> None:
-        super().__init__()
-        self.x_embed = nn.Sequential(nn.Linear(x_dim, nemb), nn.SiLU(), nn.Linear(nemb, nemb))
-        self.null_token = NullToken(nz, nemb)
-        self.unet = LatentUNet(nz, nemb, ntemb, nf)
-
-    def cond_embedding(self, x: Tensor) -> Tensor:
-        return self.x_embed(x)
-
-    def null_embedding(self, xi: Tensor) -> Tensor:
-        return self.null_token(xi)
-
-    def forward(self, z: Tensor, logsnr: Tensor, xemb: Tensor) -> Tensor:
-        return self.unet(z, logsnr, xemb)
 
 
 @dataclass
@@ -266,76 +157,7 @@ def train(cfg: ToyConfig, log: Callable[[str], None] | None = None,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sample distances
-
-
-def sliced_wasserstein(a: Tensor, b: Tensor, n_projections: int = 256, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance between two sample sets (n, d), (m, d).
-
-    SW₂² = E_θ W₂²(θᵀa, θᵀb) over random unit directions θ; each 1-D W₂² is the mean squared difference of
-    the sorted projections, evaluated at the same quantile levels when n ≠ m (linear interpolation).
-    """
-    d = a.shape[1]
-    theta = torch.randn(d, n_projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    pa = torch.sort(a.double() @ theta, dim=0).values  # (n, P)
-    pb = torch.sort(b.double() @ theta, dim=0).values  # (m, P)
-    if pa.shape[0] != pb.shape[0]:
-        n = max(pa.shape[0], pb.shape[0])
-        pa, pb = _quantiles(pa, n), _quantiles(pb, n)
-    return float((pa - pb).pow(2).mean().sqrt())
-
-
-def _quantiles(sorted_x: Tensor, n: int) -> Tensor:
-    """Empirical quantile functions of the columns of sorted_x at the n mid-point levels (i + ½)/n."""
-    m = sorted_x.shape[0]
-    pos = ((torch.arange(n, dtype=torch.float64) + 0.5) / n * m - 0.5).clamp(0, m - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=m - 1)
-    w = (pos - lo)[:, None]
-    return sorted_x[lo] * (1 - w) + sorted_x[hi] * w
-
-
-def mmd_rbf(a: Tensor, b: Tensor, bandwidths: tuple[float, ...] = (0.1, 0.3, 1.0)) -> float:
-    """Unbiased squared MMD with a sum of Gaussian kernels exp(−‖u − v‖²/(2h²)) over the given bandwidths."""
-    a, b = a.double(), b.double()
-
-    def k(u: Tensor, v: Tensor) -> Tensor:
-        d2 = torch.cdist(u, v).pow(2)
-        return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths)  # type: ignore[return-value]
-
-    n, m = a.shape[0], b.shape[0]
-    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
-    xx = (kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1))
-    yy = (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
-    return float(xx + yy - 2 * kab.mean())
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def exact_posterior(g: nn.Module, x: Tensor, n: int, sigma: float, generator: torch.Generator,
-                    half_width: float = 6.0, cells: int = 601) -> Tensor:
-    """n exact samples (K, n, 2) of p(z|x_k) ∝ N(x_k; G(z), σ²I)·N(z; 0, I) for each row of x (K, 2).
-
-    The latent is 2-D, so the posterior can be tabulated: log-density on a cells × cells grid over
-    [−w, w]² (the N(0, I) prior puts < e^{-18} of its mass outside w = 6), multinomial draws of cells, uniform
-    jitter within the cell. Unlike Langevin it weighs separated modes correctly however far apart they are.
-    """
-    u = torch.linspace(-half_width, half_width, cells, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(u, u, indexing="xy"), dim=-1).reshape(-1, 2)
-    with torch.no_grad():
-        gz = torch.cat([g(c.float()) for c in grid.split(65536)]).double()  # (cells², 2)
-    log_prior = -0.5 * grid.pow(2).sum(dim=1)
-    cell = 2 * half_width / (cells - 1)
-    out = []
-    for xk in x.double():
-        logp = -(gz - xk).pow(2).sum(dim=1) / (2 * sigma * sigma) + log_prior
-        idx = torch.multinomial(torch.softmax(logp, dim=0), n, replacement=True, generator=generator)
-        jitter = (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5) * cell
-        out.append((grid[idx] + jitter).float())
-    return torch.stack(out)
 
 
 @dataclass
@@ -445,50 +267,18 @@ def evaluate(model: ToyModel, table: SamplerTable, ref: Reference, cfg: ToyConfi
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Density plots (PIL; matplotlib is not a dependency)
-
-
-def _histogram(z: Tensor, lo: float, hi: float, bins: int) -> np.ndarray:
-    h, _, _ = np.histogram2d(z[:, 0].numpy(), z[:, 1].numpy(), bins=bins, range=[[lo, hi], [lo, hi]])
-    return h.T[::-1]  # rows = z₂ from top (high) to bottom, columns = z₁ left to right
+# Density plots
 
 
 def density_png(result: ToyResult, path: str | os.PathLike[str], bins: int = 64, cell: int = 3) -> Path:
     """One PNG: a row per fixed x; columns exact | long-run LD | DAMC | short-run LD (2-D histograms, dark =
     dense), each labelled with its sliced W2 distance to the exact posterior."""
-    from PIL import Image, ImageDraw
-
     methods = ["exact", "long_run", "damc", "short_run"]
     titles = {"exact": "exact posterior", "long_run": "long-run LD", "damc": "DAMC", "short_run": "short-run LD"}
-    k = result.x.shape[0]
-    side, pad, top, left = bins * cell, 8, 20, 8
-    width = left + len(methods) * (side + pad)
-    height = top + k * (side + pad + 12)
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    for j, m in enumerate(methods):
-        draw.text((left + j * (side + pad) + 4, 4), titles[m], fill="black")
     swd = result.distances["exact"]["swd"]
-    for i in range(k):
-        # A common window per row, centred on the exact posterior and covering every method's bulk.
-        everything = torch.cat([result.samples[m][i] for m in methods])
-        c = result.samples["exact"][i].mean(0)
-        half = float(torch.quantile((everything - c).abs().max(dim=1).values, 0.99)) * 1.15 + 0.1
-        for j, m in enumerate(methods):
-            h = _histogram(result.samples[m][i] - c, -half, half, bins)
-            h = h / max(h.max(), 1.0)
-            gray = (255 * (1.0 - np.sqrt(h))).astype(np.uint8)  # sqrt: make the tails visible
-            tile = Image.fromarray(np.kron(gray, np.ones((cell, cell), dtype=np.uint8)), mode="L")
-            x0, y0 = left + j * (side + pad), top + i * (side + pad + 12)
-            img.paste(tile.convert("RGB"), (x0, y0))
-            draw.rectangle([x0, y0, x0 + side - 1, y0 + side - 1], outline="gray")
-            if m != "exact":
-                draw.text((x0 + 2, y0 + side + 1), f"SW2 {swd[m][i]:.3f}", fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: img.save(f, format="PNG"))
-    os.chmod(path, 0o644)
-    return path
+    captions = {m: [f"SW2 {v:.3f}" for v in swd[m]] for m in methods if m != "exact"}
+    return density_grid_png({m: result.samples[m] for m in methods}, titles, path, centre="exact",
+                            captions=captions, bins=bins, cell=cell)
 
 
 # ---------------------------------------------------------------------------------------------------------

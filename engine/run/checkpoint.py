@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from engine.config import to_dict
-from engine.files import atomic_write
-from engine.learner import Learner
-from engine.loaders import Loader
+from engine.config import from_dict, to_dict
+from engine.data.loaders import Loader
+from engine.learner import Learner, build_learner
+from engine.run.files import atomic_write
+from engine.runtime import system
 
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
 
@@ -153,10 +154,6 @@ def load_run(run_dir: Path, device: torch.device, path: Path | None = None) -> L
     The config comes from the checkpoint itself; networks, EMA copy, optimizers, iteration and the run RNG
     are restored (the data stream is not needed to evaluate).
     """
-    from engine import system
-    from engine.config import from_dict
-    from engine.learner import build_learner
-
     path = path or latest_checkpoint(run_dir)
     if path is None:
         raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {run_dir}")

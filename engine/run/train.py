@@ -21,19 +21,20 @@ from typing import Any, TextIO
 
 import torch
 
-from engine import checkpoint, perf, system
-from engine.chains import build_chains
-from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, dump_config, load_config, resume_differences, to_dict
 from engine.data import fixed_batch, load_images
-from engine.files import atomic_write
-from engine.guard import DivergenceGuard
-from engine.images import save_grid
+from engine.data.loaders import FolderSpec, make_loader
 from engine.learner import Learner, build_learner, damc_prior_latents, lebm_prior_latents, reconstruct, train_step
-from engine.loaders import FolderSpec, make_loader
 from engine.models import IMAGE_SHAPES
+from engine.run import checkpoint
+from engine.run.checkpoint import CheckpointError
+from engine.run.files import atomic_write
+from engine.run.guard import DivergenceGuard
+from engine.run.images import save_grid
+from engine.runtime import perf, system
+from engine.runtime.fast import build_chains
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 class TrainingStopped(RuntimeError):

@@ -3,7 +3,7 @@
 ``reference`` is the faithful eager fp32 path. ``fast`` enables every switch left at ``auto`` that the device
 supports; a switch set to ``on``/``off`` overrides the preset. A capability the machine lacks (no GPU, no
 Triton) is turned off with one log line, never an error. Backend flags (TF32, cudnn autotuning) are applied
-by :func:`engine.system.apply_perf`, the only place that touches ``torch.backends``.
+by :func:`engine.runtime.system.apply_perf`, the only place that touches ``torch.backends``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from engine.config import SystemConfig
-from engine.perf import PerfPlan
+from engine.runtime.perf import PerfPlan
 
 
 def resolve_device(cfg: SystemConfig) -> torch.device:

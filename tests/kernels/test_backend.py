@@ -29,7 +29,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_switch_values_and_restore() -> None:
     assert kernels.get_backend is get_backend
-    before = get_backend()  # "auto" unless an earlier test ran engine.system.apply_perf
+    before = get_backend()  # "auto" unless an earlier test ran engine.runtime.system.apply_perf
     with use_backend("torch"):
         assert get_backend() == "torch"
         with use_backend("triton"):
@@ -69,7 +69,7 @@ def test_without_triton_everything_runs_the_reference_quietly() -> None:
         from kernels.langevin_update import langevin_update, langevin_update_ref, langevin_update_philox
         from kernels.ddpm_step import ddpm_step, ddpm_step_ref, pack_sampler_table
         from kernels.philox_noise import philox_noise
-        from engine.diffusion import sampler_table
+        from engine.sampling.diffusion import sampler_table
         assert not triton_available()
         z, g, e = torch.randn(3, 5, 4).unbind(0)
         assert torch.equal(langevin_update(z, g, 0.1, e), langevin_update_ref(z, g, 0.1, e))

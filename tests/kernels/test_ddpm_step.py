@@ -9,8 +9,8 @@ import pytest
 import torch
 from kernel_support import DEVICE, NOISE_ATOL, NZ, ROWS, exact_expected, fp32_atol
 
-from engine.diffusion import ddpm_step as engine_ddpm_step
-from engine.diffusion import sampler_table
+from engine.sampling.diffusion import ddpm_step as engine_ddpm_step
+from engine.sampling.diffusion import sampler_table
 from kernels.backend import use_backend
 from kernels.ddpm_step import (
     TABLE_COLUMNS,

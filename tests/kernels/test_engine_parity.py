@@ -1,8 +1,8 @@
 """The engine's chains and sampler give the same results with kernels on and off for the same ε.
 
-(1) Loops that call the public ops exactly as ``engine.langevin.langevin_chain`` and
-``engine.diffusion.ancestral_sample`` do, against those engine functions (the reference maths).
-(2) The engine's fast path, ``engine.chains.FastChains`` (posterior, prior, conditional draw), with the ops in
+(1) Loops that call the public ops exactly as ``engine.sampling.langevin.langevin_chain`` and
+``engine.sampling.diffusion.ancestral_sample`` do, against those engine functions (the reference maths).
+(2) The engine's fast path, ``engine.runtime.fast.FastChains`` (posterior, prior, conditional draw), with the ops in
 its ``update_op`` / ``step_op`` hooks under the "triton" backend, against the same object under "torch", with
 spies that prove the kernels ran. Once FastChains uses the ops by default (kernels/README.md, "Engine"), the
 test runs the defaults instead of passing the hooks.
@@ -22,8 +22,8 @@ from torch import nn
 
 import kernels.ddpm_step as kds
 import kernels.langevin_update as klu
-from engine.diffusion import SamplerTable, ancestral_sample, sampler_table
-from engine.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
+from engine.sampling.diffusion import SamplerTable, ancestral_sample, sampler_table
+from engine.sampling.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
 from kernels.backend import use_backend
 from kernels.philox_noise import philox_seed_offset
 
@@ -138,11 +138,11 @@ def test_fast_chains_hooks_kernels_on_off(triton_backend: None) -> None:
     """The engine's fast path with the kernels on equals it with the references (``torch`` backend, bitwise
     the engine's own functions) for the same ε; the reference's equality with the engine's pure functions is
     tests/test_chains.py's business."""
-    chains = pytest.importorskip("engine.chains")
-    from engine import system
+    chains = pytest.importorskip("engine.runtime.fast")
     from engine.config import load_config
     from engine.learner import build_learner
-    from engine.perf import PerfPlan
+    from engine.runtime import system
+    from engine.runtime.perf import PerfPlan
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml", FAST_TINY)
     system.seed_init(0)
@@ -159,7 +159,7 @@ def test_fast_chains_hooks_kernels_on_off(triton_backend: None) -> None:
                 fast.cond_draw(learner.nets.amortizer, x, noise=draw_noise, z_init=z_T)]  # type: ignore[attr-defined]
 
     wired = chains.FastChains(learner, PerfPlan()).update_op is klu.langevin_update
-    hooks: dict[str, Any] = {} if wired else {"update_op": klu.langevin_update, "step_op": kds.SamplerStep()}
+    hooks: dict[str, Any] = {} if wired else {"update_op": klu.langevin_update, "step_op": chains.SamplerStep()}
     with use_backend("torch"):
         off = loops(chains.FastChains(learner, PerfPlan(kernels=True), **hooks))
     on_chains = chains.FastChains(learner, PerfPlan(kernels=True), **hooks)

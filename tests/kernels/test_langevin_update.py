@@ -7,7 +7,7 @@ import pytest
 import torch
 from kernel_support import DEVICE, NOISE_ATOL, NZ, ROWS, exact_expected, fp32_atol
 
-from engine.langevin import langevin_update as engine_langevin_update
+from engine.sampling.langevin import langevin_update as engine_langevin_update
 from kernels.backend import use_backend
 from kernels.langevin_update import (
     langevin_update,

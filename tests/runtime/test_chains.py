@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import system
-from engine.chains import FastChains, ReferenceChains, build_chains
 from engine.config import Config, PerfConfig, load_config
-from engine.diffusion import ancestral_sample
-from engine.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
 from engine.learner import Learner, build_learner, train_step
-from engine.perf import PerfPlan, resolve
+from engine.runtime import system
+from engine.runtime.chains import ReferenceChains
+from engine.runtime.fast import FastChains, build_chains
+from engine.runtime.perf import PerfPlan, resolve
+from engine.sampling.diffusion import ancestral_sample
+from engine.sampling.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
 
 TINY = ["model.nz=4", "model.ngf=4", "model.nif=4", "model.nemb=8", "model.unet_nf=1", "model.ntemb=8",
         "train.batch_size=6", "diffusion.n_steps=6", "langevin.posterior.n_steps=3", "langevin.prior.n_steps=4",

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.train as train_mod
-from engine import checkpoint
-from engine.guard import DivergenceGuard
-from engine.train import main
+import engine.run.train as train_mod
+from engine.run import checkpoint
+from engine.run.guard import DivergenceGuard
+from engine.run.train import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 TINY = ["model.ngf=8", "model.nif=8", "model.nemb=32", "model.nz=8", "diffusion.n_steps=8",
         "langevin.posterior.n_steps=4", "langevin.prior.n_steps=4", "diffusion.updates_per_iter=2",
@@ -89,7 +89,7 @@ def test_checkpoints_are_pruned_to_keep_k(tmp_path: Path) -> None:
 
 def _spawn(run: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.train", QUICK, *TINY, f"log.run_dir={run}", "train.iterations=100000",
+        [sys.executable, "-m", "engine.run.train", QUICK, *TINY, f"log.run_dir={run}", "train.iterations=100000",
          *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -11,9 +11,9 @@ import torch
 import yaml
 from PIL import Image
 
-from engine.train import main
+from engine.run.train import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 SMALL = ["model.ngf=8", "model.nif=8", "diffusion.n_steps=10", "eval.n_samples=16", "eval.lebm_steps=5"]
 
@@ -51,7 +51,7 @@ def test_lebm_method_through_the_cli(tmp_path: Path) -> None:
 def test_module_entry_rejects_bad_override_before_any_work(tmp_path: Path) -> None:
     run = tmp_path / "never"
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.train", QUICK, "langevin.prior.step_size=-1", f"log.run_dir={run}"],
+        [sys.executable, "-m", "engine.run.train", QUICK, "langevin.prior.step_size=-1", f"log.run_dir={run}"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 2

@@ -17,6 +17,7 @@ import pickle
 import struct
 import sys
 import tarfile
+import tempfile
 import types
 import urllib.error
 import urllib.request
@@ -27,20 +28,12 @@ import numpy as np
 import pytest
 import torch
 
-import engine.data as data
-from engine.data import (
-    CIFAR10_ARCHIVE,
-    CIFAR10_DIR,
-    SVHN_FILES,
-    DatasetNotFoundError,
-    DownloadError,
-    download,
-    load_cifar10,
-    load_images,
-    load_svhn,
-    read_cifar_batch,
-    read_svhn_mat,
-)
+import engine.data.cifar as cifar
+import engine.data.download as download_mod
+from engine.data import DatasetNotFoundError, DownloadError, load_images
+from engine.data.cifar import CIFAR10_ARCHIVE, CIFAR10_DIR, load_cifar10, read_cifar_batch
+from engine.data.download import download
+from engine.data.svhn import SVHN_FILES, load_svhn, read_svhn_mat
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -246,7 +239,7 @@ def test_cifar_tar_in_read_only_root_is_read_in_memory(
     def read_only(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr(data.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
     x, _ = load_cifar10(tmp_path, "test")
     np.testing.assert_array_equal(x.numpy(), written["test_batch"][0])
     assert "reading the batches from the archive" in capsys.readouterr().err
@@ -379,7 +372,7 @@ def test_cifar_archive_members_cannot_escape_or_link(tmp_path: Path) -> None:
 
 
 class FakeNet:
-    """Stands in for ``engine.data._fetch``: serves bytes per URL, or fails like a dead network."""
+    """Stands in for ``engine.data.download._fetch``: serves bytes per URL, or fails like a dead network."""
 
     def __init__(self, files: dict[str, bytes] | None = None, cut: int | None = None) -> None:
         self.files = files or {}
@@ -401,7 +394,7 @@ class FakeNet:
 def test_download_puts_the_file_in_place_only_when_md5_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blob = os.urandom(3000)
     net = FakeNet({"https://example.org/f.bin": blob})
-    monkeypatch.setattr(data, "_fetch", net)
+    monkeypatch.setattr(download_mod, "_fetch", net)
     dest = tmp_path / "sub" / "f.bin"
     assert download("https://example.org/f.bin", dest, md5(blob)) == dest
     assert dest.read_bytes() == blob and leftovers(dest.parent) == ["f.bin"]
@@ -416,7 +409,7 @@ def test_download_puts_the_file_in_place_only_when_md5_matches(tmp_path: Path, m
         download("https://example.org/missing", other, md5(blob))
     assert leftovers(tmp_path) == ["sub"]
 
-    monkeypatch.setattr(data, "_fetch", FakeNet({"https://example.org/f.bin": blob}, cut=1000))
+    monkeypatch.setattr(download_mod, "_fetch", FakeNet({"https://example.org/f.bin": blob}, cut=1000))
     with pytest.raises(DownloadError, match="IncompleteRead|bytes read"):
         download("https://example.org/f.bin", other, md5(blob))
     assert leftovers(tmp_path) == ["sub"]
@@ -435,7 +428,7 @@ def test_download_through_urllib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     download("https://example.org/x", tmp_path / "x", md5(blob))
-    assert (tmp_path / "x").read_bytes() == blob and seen["timeout"] == data.DOWNLOAD_TIMEOUT_S
+    assert (tmp_path / "x").read_bytes() == blob and seen["timeout"] == download_mod.DOWNLOAD_TIMEOUT_S
     with pytest.raises(DownloadError, match="Network is unreachable"):
         download("https://down.example.org/y", tmp_path / "y", md5(blob))
     assert leftovers(tmp_path) == ["x"]
@@ -445,7 +438,7 @@ def test_cifar_download_verifies_then_extracts(tmp_path: Path, monkeypatch: pyte
     written = write_cifar(tmp_path / "src", n=2)
     blob = make_tar(tmp_path / "src", tmp_path / "served.tar.gz")
     net = FakeNet({CIFAR_URL: blob})
-    monkeypatch.setattr(data, "_fetch", net)
+    monkeypatch.setattr(download_mod, "_fetch", net)
     root = tmp_path / "new" / "root"  # created on demand
 
     # Served bytes differ from the published archive: rejected, nothing left behind.
@@ -456,7 +449,7 @@ def test_cifar_download_verifies_then_extracts(tmp_path: Path, monkeypatch: pyte
     assert net.calls == [CIFAR_URL] and not (tmp_path / "new").exists()
 
     # With the served archive's md5 published, it is downloaded, kept and extracted.
-    monkeypatch.setattr(data, "CIFAR10_ARCHIVE", dataclasses.replace(CIFAR10_ARCHIVE, md5=md5(blob)))
+    monkeypatch.setattr(cifar, "CIFAR10_ARCHIVE", dataclasses.replace(CIFAR10_ARCHIVE, md5=md5(blob)))
     x = load_images(cfg("cifar10", root, download=True), (3, 32, 32), "train")
     np.testing.assert_array_equal(x.numpy(), expected(written, "train")[0])
     assert (root / CIFAR10_ARCHIVE.name).read_bytes() == blob
@@ -565,12 +558,12 @@ def test_svhn_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blob = (tmp_path / "served" / "test_32x32.mat").read_bytes()
     url = SVHN_FILES["test"].urls[0]
     net = FakeNet({url: blob})
-    monkeypatch.setattr(data, "_fetch", net)
+    monkeypatch.setattr(download_mod, "_fetch", net)
     root = tmp_path / "svhn"
     with pytest.raises(DatasetNotFoundError, match="checksum"):  # not the published file
         load_svhn(root, "test", download=True)
     assert leftovers(root) == []
-    monkeypatch.setitem(data.SVHN_FILES, "test", dataclasses.replace(SVHN_FILES["test"], md5=md5(blob)))
+    monkeypatch.setitem(SVHN_FILES, "test", dataclasses.replace(SVHN_FILES["test"], md5=md5(blob)))
     x = load_images(cfg("svhn", root, download=True), (3, 32, 32), "test")
     np.testing.assert_array_equal(x.numpy(), xr.transpose(3, 2, 0, 1))
     assert leftovers(root) == ["test_32x32.mat"] and net.calls == [url, url]

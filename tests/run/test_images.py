@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.images import make_grid, save_grid, to_uint8
+from engine.run.images import make_grid, save_grid, to_uint8
 
 
 def test_to_uint8_round_trips_data_bytes() -> None:

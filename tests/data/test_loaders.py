@@ -19,19 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import BatchStream
-from engine.loaders import (
-    DALI_INSTALL_HINT,
-    DeviceStream,
-    EpochPlan,
-    FolderSpec,
-    Loader,
-    _cover_geometry,
-    auto_kind,
-    dali_available,
-    import_dali,
-    make_loader,
-)
+from engine.data import BatchStream, EpochPlan, FolderSpec
+from engine.data.dali import DALI_INSTALL_HINT, dali_available, import_dali
+from engine.data.folder import cover_geometry
+from engine.data.loaders import DeviceStream, Loader, auto_kind, make_loader
 
 HAVE_DALI = dali_available()
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="nvidia.dali not installed (pip install 'damc-engine[dali]')")
@@ -59,7 +50,7 @@ def decode(batch: torch.Tensor) -> tuple[list[int], torch.Tensor]:
 
 
 def _dali_memory(images: torch.Tensor, batch_size: int, seed: int, flip: bool) -> Loader:
-    from engine.loaders import DaliMemoryStream
+    from engine.data.dali import DaliMemoryStream
 
     return DaliMemoryStream(images, batch_size, seed=seed, flip=flip, device="cpu", num_threads=1)
 
@@ -194,7 +185,7 @@ def test_plan_follows_the_documented_draw_sequence_for_odd_sizes() -> None:
 
 @needs_dali
 def test_dali_single_op_normalisation_within_one_ulp() -> None:
-    from engine.loaders import DaliMemoryStream
+    from engine.data.dali import DaliMemoryStream
 
     images = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).repeat(32, 3, 1, 1)
     fused = DaliMemoryStream(images, 8, seed=1, flip=True, device="cpu", exact=False, num_threads=1)
@@ -205,7 +196,7 @@ def test_dali_single_op_normalisation_within_one_ulp() -> None:
 
 @needs_dali
 def test_dali_grayscale_memory() -> None:
-    from engine.loaders import DaliMemoryStream
+    from engine.data.dali import DaliMemoryStream
 
     images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     stream = DaliMemoryStream(images, 8, seed=2, flip=False, device="cpu", num_threads=1, prefetch=1)
@@ -221,7 +212,7 @@ def test_dali_gpu_graph_is_well_formed() -> None:
     from nvidia.dali import fn, types
     from nvidia.dali.pipeline import Pipeline
 
-    from engine.loaders import DaliMemoryStream
+    from engine.data.dali import DaliMemoryStream
 
     stream = DaliMemoryStream(torch.zeros(8, 3, 4, 4, dtype=torch.uint8), 4, seed=0, flip=True, device="cpu",
                               num_threads=1)
@@ -257,7 +248,7 @@ def _write_folder(root: Path, n: int, fmt: str, size: tuple[int, int] | list[tup
 
 
 def _dali_folder(spec: FolderSpec, batch_size: int, seed: int, flip: bool, prefetch: int = 2) -> Loader:
-    from engine.loaders import DaliFolderStream
+    from engine.data.dali import DaliFolderStream
 
     return DaliFolderStream(spec, batch_size, seed=seed, flip=flip, device="cpu", num_threads=1, prefetch=prefetch)
 
@@ -361,12 +352,12 @@ def test_dali_folder_bad_file_names_the_file(tmp_path: Path) -> None:
         next(stream)
 
 
-def test_cover_geometry_is_engine_data_s() -> None:
-    assert _cover_geometry(16, 16, 16, 16) == (16, 16, 0, 0)
-    assert _cover_geometry(178, 218, 64, 64) == (78, 64, 7, 0)  # CelebA: width fits, height cropped
-    assert _cover_geometry(40, 20, 16, 16) == (16, 32, 0, 8)
-    assert _cover_geometry(19, 16, 16, 16) == (16, 19, 0, 2)  # round(1.5) == 2
-    assert _cover_geometry(21, 16, 16, 16) == (16, 21, 0, 2)  # round(2.5) == 2: banker's rounding, as torchvision
+def test_cover_geometry_shared_by_pil_and_dali() -> None:
+    assert cover_geometry(16, 16, 16, 16) == (16, 16, 0, 0)
+    assert cover_geometry(178, 218, 64, 64) == (78, 64, 7, 0)  # CelebA: width fits, height cropped
+    assert cover_geometry(40, 20, 16, 16) == (16, 32, 0, 8)
+    assert cover_geometry(19, 16, 16, 16) == (16, 19, 0, 2)  # round(1.5) == 2
+    assert cover_geometry(21, 16, 16, 16) == (16, 21, 0, 2)  # round(2.5) == 2: banker's rounding, as torchvision
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,7 +428,7 @@ def test_explicit_choices_log_nothing(tmp_path: Path) -> None:
     loader, kind = make_loader("torch", indexed_images(), B, seed=SEED, flip=True, device="cpu", log=lines.append)
     assert kind == "torch" and isinstance(loader, BatchStream)
     if HAVE_DALI:
-        from engine.loaders import DaliFolderStream, DaliMemoryStream
+        from engine.data.dali import DaliFolderStream, DaliMemoryStream
 
         loader, kind = make_loader("dali", indexed_images(), B, seed=SEED, flip=True, device="cpu",
                                    log=lines.append, dali_options={"num_threads": 1})

@@ -1,4 +1,4 @@
-"""The toy experiment (spec §9, ``engine.toy``): problem, references, distances, and the DAMC claim."""
+"""The toy experiment (spec §9, ``engine.eval.toy``): problem, references, distances, and the DAMC claim."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine import toy
+from engine.eval import distances, toy
 
 
 def test_pinwheel_has_two_arms_of_equal_size() -> None:
@@ -35,13 +35,13 @@ def test_pinwheel_has_two_arms_of_equal_size() -> None:
 def test_sample_distances() -> None:
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(3000, 2, generator=gen), torch.randn(3000, 2, generator=gen)
-    assert toy.sliced_wasserstein(a, a) == 0.0
-    assert toy.sliced_wasserstein(a, b) < 0.06
+    assert distances.sliced_wasserstein(a, a) == 0.0
+    assert distances.sliced_wasserstein(a, b) < 0.06
     shift = torch.tensor([3.0, 4.0])
     # SW2 of a translation: E_θ (θ·t)² = ‖t‖²/2 in 2-D, so SW2 = ‖t‖/√2.
-    assert toy.sliced_wasserstein(a, a + shift, n_projections=2000) == pytest.approx(5 / math.sqrt(2), rel=0.03)
-    assert toy.sliced_wasserstein(a, b[:1000]) < 0.08  # unequal sizes: quantile interpolation
-    assert abs(toy.mmd_rbf(a[:1000], b[:1000])) < 5e-3 and toy.mmd_rbf(a[:1000], b[:1000] + 1) > 0.1
+    assert distances.sliced_wasserstein(a, a + shift, n_projections=2000) == pytest.approx(5 / math.sqrt(2), rel=0.03)
+    assert distances.sliced_wasserstein(a, b[:1000]) < 0.08  # unequal sizes: quantile interpolation
+    assert abs(distances.mmd_rbf(a[:1000], b[:1000])) < 5e-3 and distances.mmd_rbf(a[:1000], b[:1000] + 1) > 0.1
 
 
 def test_exact_posterior_and_long_run_langevin_agree_with_the_gaussian_closed_form() -> None:
@@ -61,7 +61,7 @@ def test_exact_posterior_and_long_run_langevin_agree_with_the_gaussian_closed_fo
     assert torch.allclose(exact.mean(0), mean, atol=0.01)
     assert torch.allclose(torch.cov(exact.T), cov, atol=0.01)
     ld = toy.posterior_langevin(g, x.expand(4000, 2), torch.randn(4000, 2, generator=gen), 2000, 0.1, sigma, gen)
-    assert toy.sliced_wasserstein(ld, exact[:4000].float()) < 0.05  # Langevin (s 0.1) converges here
+    assert distances.sliced_wasserstein(ld, exact[:4000].float()) < 0.05  # Langevin (s 0.1) converges here
 
 
 @pytest.fixture(scope="module")

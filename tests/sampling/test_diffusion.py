@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engine.diffusion import (
+from engine.sampling.diffusion import (
     alpha_sigma,
     ancestral_sample,
     ddpm_step,

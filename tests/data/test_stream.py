@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.data import BatchStream, fixed_batch, load_images
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CPU = torch.device("cpu")
 
 

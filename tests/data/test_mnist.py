@@ -14,10 +14,12 @@ from typing import Any, BinaryIO
 import numpy as np
 import pytest
 
-import engine.data as data
-from engine.data import MNIST_FILES, load_images, load_mnist_anomaly, read_idx
+import engine.data.download as download_mod
+import engine.data.mnist as mnist
+from engine.data import load_images, load_mnist_anomaly
+from engine.data.mnist import MNIST_FILES, read_idx
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 S3 = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 LECUN = "http://yann.lecun.com/exdb/mnist/"
 
@@ -148,8 +150,8 @@ def test_download_fetches_only_missing_files_and_falls_back_to_the_next_mirror(
     served = {key: gz_bytes(arr) for key, arr in parts.items()}
     # Our gz files stand in for the published ones: give them their own md5 as the "published" sums.
     for key, blob in served.items():
-        remote = dataclasses.replace(data._MNIST_REMOTE[key], md5=hashlib.md5(blob).hexdigest())
-        monkeypatch.setitem(data._MNIST_REMOTE, key, remote)
+        remote = dataclasses.replace(mnist._MNIST_REMOTE[key], md5=hashlib.md5(blob).hexdigest())
+        monkeypatch.setitem(mnist._MNIST_REMOTE, key, remote)
     calls: list[str] = []
 
     def fake_fetch(url: str, out: BinaryIO, timeout: float) -> None:
@@ -160,7 +162,7 @@ def test_download_fetches_only_missing_files_and_falls_back_to_the_next_mirror(
             raise urllib.error.HTTPError(url, 503, "Slow Down", None, None)  # type: ignore[arg-type]
         out.write(served[key])
 
-    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    monkeypatch.setattr(download_mod, "_fetch", fake_fetch)
     write_idx(tmp_path / MNIST_FILES["train_images"], parts["train_images"], gz=False)  # the user's raw file
     cfg = SimpleNamespace(source="mnist", root=str(tmp_path), heldout_digit=2, download=True)
     tr = load_images(cfg, (1, 28, 28), "train")
@@ -197,7 +199,7 @@ def test_real_mnist_files_are_read_losslessly(monkeypatch: pytest.MonkeyPatch) -
     def no_fetch(*args: Any) -> None:
         raise AssertionError("existing files must not be downloaded again")
 
-    monkeypatch.setattr(data, "_fetch", no_fetch)
+    monkeypatch.setattr(download_mod, "_fetch", no_fetch)
     cfg = SimpleNamespace(source="mnist", root=str(SHARED_MNIST), heldout_digit=4, download=True)
     tr, te = load_images(cfg, (1, 28, 28), "train"), load_images(cfg, (1, 28, 28), "test", limit=100)
     n_normal = 70000 - 6824

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.langevin import (
+from engine.sampling.langevin import (
     energy_grad,
     gaussian_energy,
     langevin_chain,

