@@ -57,7 +57,7 @@ class DataConfig:
     source: Literal["digits", "folder", "mnist", "cifar10", "svhn"] = "folder"
     root: str = ""  # directory holding the dataset files
     download: bool = True  # cifar10 / svhn / mnist: fetch the official files when absent (checksums verified)
-    # Batch loader (engine/loaders.py). auto: GPU-resident when the decoded set fits 1/4 of the GPU, DALI for
+    # Batch loader (engine/data/loaders.py). auto: GPU-resident when the decoded set fits 1/4 of the GPU, DALI for
     # larger folders (if installed), else the CPU loader; all give the same sample order and resumable state.
     loader: Literal["auto", "dali", "gpu", "torch"] = "auto"
     train_subdir: str = "train"
@@ -168,7 +168,7 @@ Switch = Literal["auto", "on", "off"]
 
 @dataclass
 class PerfConfig:
-    """Speed switches (``engine/perf.py`` decides what they mean on the device at hand).
+    """Speed switches (``engine/runtime/perf.py`` decides what they mean on the device at hand).
 
     ``reference`` is the faithful eager fp32 path; ``fast`` turns on every switch left at ``auto`` that the
     device supports (CUDA graphs, bf16 autocast, torch.compile, Triton kernels, channels_last, TF32, cudnn
@@ -215,7 +215,7 @@ def _describe(tp: Any) -> str:
 def _coerce(path: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it (ints are accepted for floats)."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path} = {value!r}: expected a section (mapping of keys), got {type(value).__name__}")
         return _build(tp, value, path)

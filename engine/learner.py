@@ -11,6 +11,9 @@ Order of one DAMC iteration (the authors' code, [code] values by default):
 The short-run LEBM baseline (``method: lebm``, spec §8) starts both chains from N(0, I) and has no
 amortizer. The iteration returns its diagnostics as device tensors: nothing here reads a tensor value
 on the host, so the caller decides when to sync (log intervals).
+
+This module is Algorithm 1 only: the maths of each draw is :mod:`engine.sampling`, how the loops run (reference
+or fast) is ``learner.chains`` (:mod:`engine.runtime`); neither imports this module back.
 """
 
 from __future__ import annotations
@@ -130,9 +133,10 @@ def set_learning_rates(learner: Learner) -> None:
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
     """θ_ema ← decay·θ_ema + (1 − decay)·θ over parameters (the amortizer has no buffers)."""
-    t = list(target.parameters())
+    t: list[Tensor] = list(target.parameters())
     torch._foreach_mul_(t, decay)
-    torch._foreach_add_(t, list(source.parameters()), alpha=1.0 - decay)
+    s: list[Tensor] = list(source.parameters())
+    torch._foreach_add_(t, s, alpha=1.0 - decay)
 
 
 def amortizer_updates(learner: Learner, x: Tensor, z_pos: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -184,6 +188,7 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
         #    The authors also draw an unconditional sample zp = Q(x=None) here every iteration and never
         #    use it; we skip that wasted 100-step draw (it only shifted their RNG stream).
         init_net = learner.amortizer_ema if d.init_from == "ema" else nets.amortizer
+        assert init_net is not None  # a DAMC learner has both
         z0 = chains.cond_draw(init_net, x)
     else:
         z0 = torch.randn(b, nz, generator=rng, device=x.device)  # short-run LEBM: posterior from N(0, I)

@@ -1,6 +1,6 @@
 """Which implementation a public kernel op runs: the Triton kernel or its plain-torch reference.
 
-One process-wide switch, decided once (``engine/system.py`` maps the config onto it) before anything is
+One process-wide switch, decided once (``engine/runtime/system.py`` maps the config onto it) before anything is
 compiled or captured:
 
 * ``"auto"`` (default): the Triton kernel when the tensor is on CUDA, Triton imports and the dtypes are the

@@ -21,10 +21,11 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from kernels.backend import as_rows, launch_strides, quiet_triton_op_registration, use_triton
-from kernels.philox_noise import check_philox_args, counters_per_step, launch_config, philox_noise_ref
+from kernels.backend import quiet_triton_op_registration, use_triton
+from kernels.elementwise import check_operands, element_offset, lane_noise, launch_elementwise
+from kernels.philox_noise import check_philox_args, philox_noise_ref
 
 try:
     import triton
@@ -33,20 +34,24 @@ except ImportError:  # CPU installs: the reference path only
     triton = tl = None
 
 TABLE_COLUMNS = ("logsnr", "c_x0_z", "c_x0_eps", "c_mean_z", "c_mean_x0", "std")
-NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
-_EPS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class CoefficientTable(Protocol):
     """The per-step coefficient columns (each (T,)) of ``engine.sampling.diffusion.SamplerTable``; kernels/ never
     imports the engine, so the table is described by the attributes it must have."""
 
-    logsnr: Tensor
-    c_x0_z: Tensor
-    c_x0_eps: Tensor
-    c_mean_z: Tensor
-    c_mean_x0: Tensor
-    std: Tensor
+    @property
+    def logsnr(self) -> Tensor: ...
+    @property
+    def c_x0_z(self) -> Tensor: ...
+    @property
+    def c_x0_eps(self) -> Tensor: ...
+    @property
+    def c_mean_z(self) -> Tensor: ...
+    @property
+    def c_mean_x0(self) -> Tensor: ...
+    @property
+    def std(self) -> Tensor: ...
 
 
 def pack_sampler_table(table: CoefficientTable) -> Tensor:
@@ -78,12 +83,12 @@ if triton is not None:
 
     @triton.jit
     def _ddpm_step_kernel(
-        z_ptr, eps_hat_ptr, noise_ptr, table_ptr, k_ptr, seed_offset_ptr, out_ptr,
+        z_ptr, a_ptr, noise_ptr, seed_offset_ptr, out_ptr, table_ptr, k_ptr,  # a = ε̂ (B, nz), any float dtype
         n_elements, n_ctr, n_cols,  # N, counters per step (a multiple of 16), nz
-        z_s0, z_s1, h_s0, h_s1, e_s0, e_s1,  # element strides; used only when STRIDED
+        z_s0, z_s1, a_s0, a_s1, e_s0, e_s1,  # element strides; used only when STRIDED
         NOISE: tl.constexpr, STRIDED: tl.constexpr, QUARTER: tl.constexpr,
     ):
-        # Same program layout as kernels.langevin_update: QUARTER counters, four contiguous element runs.
+        # The layout of kernels.elementwise: QUARTER counters c, four contiguous element runs e = lane·n_ctr + c.
         k = tl.load(k_ptr)  # step index from device memory: the launch is identical for every step
         row = table_ptr + k * 6  # (T, 6) contiguous fp32
         c_x0_z = tl.load(row + 1)
@@ -98,32 +103,14 @@ if triton is not None:
         for lane in tl.static_range(4):
             e = lane * n_ctr + c
             live = (c < n_ctr) & (e < n_elements)
-            if STRIDED:
-                r = e // n_cols
-                col = e - r * n_cols
-                z_off = r * z_s0 + col * z_s1
-                h_off = r * h_s0 + col * h_s1
-                e_off = r * e_s0 + col * e_s1
-            else:
-                z_off = e
-                h_off = e
-                e_off = e
-            z = tl.load(z_ptr + z_off, mask=live)
-            eps_hat = tl.load(eps_hat_ptr + h_off, mask=live).to(tl.float32)
+            z = tl.load(z_ptr + element_offset(e, n_cols, z_s0, z_s1, STRIDED), mask=live)
+            eps_hat = tl.load(a_ptr + element_offset(e, n_cols, a_s0, a_s1, STRIDED), mask=live).to(tl.float32)
             x0 = c_x0_z * z - c_x0_eps * eps_hat
             out = c_mean_z * z + c_mean_x0 * x0
             if NOISE == 1:
-                out = out + std * tl.load(noise_ptr + e_off, mask=live)
+                out = out + std * tl.load(noise_ptr + element_offset(e, n_cols, e_s0, e_s1, STRIDED), mask=live)
             if NOISE == 2:
-                if lane == 0:
-                    eps = r0
-                elif lane == 1:
-                    eps = r1
-                elif lane == 2:
-                    eps = r2
-                else:
-                    eps = r3
-                out = out + std * eps
+                out = out + std * lane_noise(r0, r1, r2, r3, lane)
             tl.store(out_ptr + e, out, mask=live)
 
 else:
@@ -133,47 +120,22 @@ else:
 def _ddpm_step_triton(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, noise: Tensor | None,
                       seed_offset: Tensor | None = None, config: tuple[int, int] | None = None) -> Tensor:
     """Launch the kernel; ``noise`` xor ``seed_offset`` picks the ε source, neither = no noise."""
-    out = torch.empty(z.shape, dtype=torch.float32, device=z.device)  # contiguous (B, nz)
-    n = z.numel()
-    if n == 0:
-        return out
-    mode = NOISE_PHILOX if seed_offset is not None else NOISE_NONE if noise is None else NOISE_TENSOR
-    z2, h2 = as_rows(z), as_rows(eps_hat)
-    e2 = as_rows(noise) if noise is not None else z2
-    strided, strides = launch_strides(z2, h2, e2)
-    n_ctr = counters_per_step(n)
-    q, warps = config or launch_config(n_ctr)
-    args: dict[str, Any] = dict(
-        z_ptr=z2, eps_hat_ptr=h2, noise_ptr=e2, table_ptr=table.contiguous(), k_ptr=k,
-        seed_offset_ptr=seed_offset if seed_offset is not None else k, out_ptr=out,
-        n_elements=n, n_ctr=n_ctr, n_cols=z2.shape[1],
-        z_s0=strides[0], z_s1=strides[1], h_s0=strides[2], h_s1=strides[3], e_s0=strides[4], e_s1=strides[5],
-        NOISE=mode, STRIDED=strided, QUARTER=q, num_warps=warps,
-    )
-    wrap_triton(_ddpm_step_kernel)[((n_ctr + q - 1) // q,)](**args)
-    return out
+    return launch_elementwise(_ddpm_step_kernel, z, eps_hat, noise, seed_offset, config,
+                              table_ptr=table.contiguous(), k_ptr=k)
 
 
 def _check(z: Tensor, eps_hat: Tensor, table: Tensor, k: Tensor, noise: Tensor | None) -> str | None:
     """Raise on mismatched shapes/devices; return why the kernel cannot take these dtypes (None: it can)."""
-    for name, t in (("eps_hat", eps_hat), ("noise", noise)):
-        if t is not None and t.shape != z.shape:
-            raise ValueError(f"ddpm_step: {name} has shape {tuple(t.shape)}; z has {tuple(z.shape)}")
-        if t is not None and t.device != z.device:
-            raise ValueError(f"ddpm_step: {name} is on {t.device}; z is on {z.device}")
     if table.dim() != 2 or table.shape[1] != len(TABLE_COLUMNS):
         raise ValueError(f"ddpm_step: table has shape {tuple(table.shape)}; expected (T, {len(TABLE_COLUMNS)})")
     if k.numel() != 1 or k.dtype != torch.int64:
         raise ValueError(f"ddpm_step: k must be a one-element int64 tensor; got {tuple(k.shape)} {k.dtype}")
     if table.device != z.device or k.device != z.device:
         raise ValueError(f"ddpm_step: table ({table.device}) and k ({k.device}) must be on {z.device}")
-    if z.dtype != torch.float32 or table.dtype != torch.float32:
-        return f"ddpm_step computes in float32; z is {z.dtype}, table is {table.dtype}"
-    if eps_hat.dtype not in _EPS_DTYPES:
-        return f"ddpm_step: eps_hat dtype {eps_hat.dtype} is not float32/bfloat16/float16"
-    if noise is not None and noise.dtype != torch.float32:
-        return f"ddpm_step: noise dtype {noise.dtype} is not float32"
-    return None
+    unsupported = check_operands("ddpm_step", z, "eps_hat", eps_hat, noise)
+    if unsupported is None and table.dtype != torch.float32:
+        return f"ddpm_step computes in float32; table is {table.dtype}"
+    return unsupported
 
 
 with quiet_triton_op_registration():

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from kernels.backend import as_rows, launch_strides, quiet_triton_op_registration, use_triton
-from kernels.philox_noise import check_philox_args, counters_per_step, launch_config, philox_noise_ref
+from kernels.backend import quiet_triton_op_registration, use_triton
+from kernels.elementwise import check_operands, element_offset, lane_noise, launch_elementwise
+from kernels.philox_noise import check_philox_args, philox_noise_ref
 
 try:
     import triton
@@ -31,8 +31,6 @@ try:
 except ImportError:  # CPU installs: the reference path only
     triton = tl = None
 
-NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
-_GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def langevin_update_ref(z: Tensor, grad: Tensor, step_size: float, noise: Tensor | None) -> Tensor:
@@ -57,14 +55,13 @@ if triton is not None:
 
     @triton.jit
     def _langevin_update_kernel(
-        z_ptr, grad_ptr, noise_ptr, seed_offset_ptr, step_ptr, out_ptr,
+        z_ptr, a_ptr, noise_ptr, seed_offset_ptr, out_ptr, step_ptr,  # a = ∇V (B, nz), any float dtype
         n_elements, n_ctr, n_cols,  # N, counters per step (a multiple of 16), nz (row length of the (B, nz) view)
-        z_s0, z_s1, g_s0, g_s1, e_s0, e_s1,  # element strides; used only when STRIDED
+        z_s0, z_s1, a_s0, a_s1, e_s0, e_s1,  # element strides; used only when STRIDED
         half_s2, step_size,  # ½s² and s, fp32
         NOISE: tl.constexpr, STRIDED: tl.constexpr, QUARTER: tl.constexpr,
     ):
-        # One program owns QUARTER counters c and the four runs of elements e = lane·n_ctr + c (lane 0..3),
-        # the noise layout of kernels.philox_noise; each run is contiguous in the output, so stores coalesce.
+        # The layout of kernels.elementwise: QUARTER counters c, four contiguous element runs e = lane·n_ctr + c.
         c = tl.program_id(0) * QUARTER + tl.arange(0, QUARTER)  # (QUARTER,) int32
         if NOISE == 2:
             counter = tl.load(seed_offset_ptr + 1) + tl.load(step_ptr) * n_ctr + c  # int64, step from memory
@@ -72,31 +69,13 @@ if triton is not None:
         for lane in tl.static_range(4):
             e = lane * n_ctr + c
             live = (c < n_ctr) & (e < n_elements)
-            if STRIDED:
-                row = e // n_cols
-                col = e - row * n_cols
-                z_off = row * z_s0 + col * z_s1
-                g_off = row * g_s0 + col * g_s1
-                e_off = row * e_s0 + col * e_s1
-            else:
-                z_off = e
-                g_off = e
-                e_off = e
-            z = tl.load(z_ptr + z_off, mask=live)
-            g = tl.load(grad_ptr + g_off, mask=live).to(tl.float32)  # bf16 g: exact upcast, fp32 maths
+            z = tl.load(z_ptr + element_offset(e, n_cols, z_s0, z_s1, STRIDED), mask=live)
+            g = tl.load(a_ptr + element_offset(e, n_cols, a_s0, a_s1, STRIDED), mask=live).to(tl.float32)  # exact
             out = z - half_s2 * (g + z)
             if NOISE == 1:
-                out = out + step_size * tl.load(noise_ptr + e_off, mask=live)
+                out = out + step_size * tl.load(noise_ptr + element_offset(e, n_cols, e_s0, e_s1, STRIDED), mask=live)
             if NOISE == 2:
-                if lane == 0:
-                    eps = r0
-                elif lane == 1:
-                    eps = r1
-                elif lane == 2:
-                    eps = r2
-                else:
-                    eps = r3
-                out = out + step_size * eps
+                out = out + step_size * lane_noise(r0, r1, r2, r3, lane)
             tl.store(out_ptr + e, out, mask=live)
 
 else:
@@ -107,42 +86,14 @@ def _langevin_update_triton(z: Tensor, grad: Tensor, step_size: float, noise: Te
                             seed_offset: Tensor | None = None, step: Tensor | None = None,
                             config: tuple[int, int] | None = None) -> Tensor:
     """Launch the kernel; ``noise`` xor (``seed_offset``, ``step``) picks the ε source, neither = noise-off."""
-    out = torch.empty(z.shape, dtype=torch.float32, device=z.device)  # contiguous (B, nz)
-    n = z.numel()
-    if n == 0:
-        return out
-    mode = NOISE_PHILOX if seed_offset is not None else NOISE_NONE if noise is None else NOISE_TENSOR
-    z2, g2 = as_rows(z), as_rows(grad)
-    e2 = as_rows(noise) if noise is not None else z2
-    strided, strides = launch_strides(z2, g2, e2)
-    n_ctr = counters_per_step(n)
-    q, warps = config or launch_config(n_ctr)
-    args: dict[str, Any] = dict(
-        z_ptr=z2, grad_ptr=g2, noise_ptr=e2,
-        seed_offset_ptr=seed_offset if seed_offset is not None else z2, step_ptr=step if step is not None else z2,
-        out_ptr=out, n_elements=n, n_ctr=n_ctr, n_cols=z2.shape[1],
-        z_s0=strides[0], z_s1=strides[1], g_s0=strides[2], g_s1=strides[3], e_s0=strides[4], e_s1=strides[5],
-        half_s2=0.5 * step_size * step_size, step_size=step_size,
-        NOISE=mode, STRIDED=strided, QUARTER=q, num_warps=warps,
-    )
-    wrap_triton(_langevin_update_kernel)[((n_ctr + q - 1) // q,)](**args)
-    return out
+    return launch_elementwise(_langevin_update_kernel, z, grad, noise, seed_offset, config,
+                              step_ptr=step if step is not None else z, half_s2=0.5 * step_size * step_size,
+                              step_size=step_size)
 
 
 def _check(z: Tensor, grad: Tensor, noise: Tensor | None) -> str | None:
     """Raise on mismatched shapes; return why the kernel cannot take these dtypes (None: it can)."""
-    for name, t in (("grad", grad), ("noise", noise)):
-        if t is not None and t.shape != z.shape:
-            raise ValueError(f"langevin_update: {name} has shape {tuple(t.shape)}; z has {tuple(z.shape)}")
-        if t is not None and t.device != z.device:
-            raise ValueError(f"langevin_update: {name} is on {t.device}; z is on {z.device}")
-    if z.dtype != torch.float32:
-        return f"langevin_update keeps the chain state in float32; z is {z.dtype}"
-    if grad.dtype not in _GRAD_DTYPES:
-        return f"langevin_update: grad dtype {grad.dtype} is not float32/bfloat16/float16"
-    if noise is not None and noise.dtype != torch.float32:
-        return f"langevin_update: noise dtype {noise.dtype} is not float32"
-    return None
+    return check_operands("langevin_update", z, "grad", grad, noise)
 
 
 with quiet_triton_op_registration():

@@ -115,6 +115,36 @@ def test_kernels_never_import_the_engine() -> None:
     assert not any(bad.values()), bad
 
 
+# README's Layout table, top to bottom: a module imports only modules of its own row or of rows above it.
+LAYERS = (
+    ("kernels",),
+    ("engine.config", "engine.files", "engine"),
+    ("engine.models",),
+    ("engine.sampling",),
+    ("engine.runtime",),
+    ("engine.learner",),
+    ("engine.data",),
+    ("engine.run",),
+    ("engine.eval",),
+    ("engine.train", "engine.toy", "engine.eval.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    best, rank = -1, -1
+    for i, row in enumerate(LAYERS):
+        for prefix in row:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), i
+    assert rank >= 0, f"{module} is in no layer of tests/test_layout.py: add it (and to README's Layout table)"
+    return rank
+
+
+def test_imports_only_go_up_the_layout_table() -> None:
+    upward = [f"{m} -> {t}" for m, deps in import_graph().items() for t in deps if layer_of(t) > layer_of(m)]
+    assert not upward, upward
+
+
 def test_the_learner_is_never_imported_by_what_it_uses() -> None:
     """Algorithm 1 sits above the maths (sampling), the loops (runtime) and the networks (models)."""
     graph = import_graph()

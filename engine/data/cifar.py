@@ -7,6 +7,7 @@ read by exact member names and extracted atomically; a missing archive is downlo
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import pickle
 import sys
@@ -14,13 +15,13 @@ import tarfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from engine.data.download import RemoteFile, _obtain
-from engine.run.files import atomic_write
+from engine.files import atomic_write
 
 __all__ = ["CIFAR10_ARCHIVE", "CIFAR10_DIR", "load_cifar10", "read_cifar_batch"]
 
@@ -61,7 +62,7 @@ def _pickle_allowed() -> dict[tuple[str, str], Any]:
         allowed[(mod, "_reconstruct")] = multiarray._reconstruct
         allowed[(mod, "scalar")] = multiarray.scalar  # numpy integer labels pickled one by one
     for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(mod, "_frombuffer")] = numeric._frombuffer  # arrays under pickle protocol 5
+        allowed[(mod, "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]  # pickle protocol 5
     return allowed
 
 
@@ -170,6 +171,10 @@ def _read_cifar_archive(archive: Path) -> dict[str, bytes]:
     return out
 
 
+def _write_bytes(f: IO[bytes], data: bytes) -> None:
+    f.write(data)
+
+
 def _extract_cifar(archive: Path, root: Path) -> dict[str, bytes]:
     """Extract the batches into ``root/cifar-10-batches-py`` (each file atomically) and return them.
 
@@ -181,7 +186,7 @@ def _extract_cifar(archive: Path, root: Path) -> dict[str, bytes]:
     try:
         folder.mkdir(exist_ok=True)
         for name, data in blobs.items():
-            atomic_write(folder / name, lambda f, data=data: f.write(data))
+            atomic_write(folder / name, functools.partial(_write_bytes, data=data))
     except OSError as exc:
         print(f"could not extract {archive} into {folder} ({exc}); reading the batches from the archive",
               file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.dlpack import from_dlpack
 
 from engine.data.folder import cover_geometry
 from engine.data.pixels import U8_TO_UNIT, check_shape, check_u8
@@ -148,8 +149,8 @@ class _DaliStream(PlanBacked):
         tensor = out.as_tensor()
         if self.gpu:
             with torch.cuda.device(self.device):
-                return torch.from_dlpack(tensor)
-        return torch.from_dlpack(tensor)
+                return from_dlpack(tensor)
+        return from_dlpack(tensor)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Drain what DALI already works on; it belongs to the old position.

@@ -84,8 +84,9 @@ def resize_cover(img: Any, h: int, w: int) -> Any:
     """
     from PIL import Image
 
-    nh, nw, top, left = cover_geometry(*img.size, h, w)
-    img = img.resize((nw, nh), Image.BILINEAR)
+    iw, ih = img.size
+    nh, nw, top, left = cover_geometry(iw, ih, h, w)
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     if (nw, nh) != (w, h):
         img = img.crop((left, top, left + w, top + h))
     return img

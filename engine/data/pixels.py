@@ -15,7 +15,7 @@ def check_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
         raise ValueError(f"image_shape must be (C, H, W) with positive entries, got {tuple(image_shape)!r}")
     if shape[0] not in (1, 3):
         raise ValueError(f"image_shape channels must be 1 (grayscale) or 3 (RGB), got C={shape[0]}")
-    return shape  # type: ignore[return-value]
+    return shape[0], shape[1], shape[2]
 
 
 # x / 127.5 - 1 for each byte value, computed once on the CPU with true division: bitwise equal to ToTensor() +

@@ -159,6 +159,9 @@ class PlanBacked:
     def __iter__(self) -> PlanBacked:
         return self
 
+    def __next__(self) -> torch.Tensor:  # each loader's own batch
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, Any]:
         return self.plan.state_dict(self._front)
 

@@ -44,11 +44,11 @@ from engine.data import load_images, load_mnist_anomaly
 from engine.eval import fid
 from engine.eval.chains import long_run_chains
 from engine.eval.metrics import EvalError, eval_auprc, eval_mse
+from engine.files import atomic_write
 from engine.learner import Learner
 from engine.models import IMAGE_SHAPES
 from engine.run import checkpoint
 from engine.run.checkpoint import CheckpointError
-from engine.run.files import atomic_write
 from engine.runtime import system
 
 __all__ = ["METRICS", "PAPER", "EvalError", "dataset_copy", "evaluate", "format_table", "main", "paper_figure"]
@@ -184,7 +184,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
 def _load_data(plan: _Plan, args: argparse.Namespace) -> dict[str, Any]:
     """Every data set a requested metric needs, loaded before any network work (errors are one line)."""
-    cfg, data = plan.cfg, {}
+    cfg, data = plan.cfg, dict[str, Any]()
     shape = IMAGE_SHAPES[cfg.model.arch]
     try:
         if "mse" in plan.metrics:

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.data import load_images
+from engine.files import atomic_write
 from engine.learner import Learner, damc_prior_latents, lebm_prior_latents
-from engine.run.files import atomic_write
 
 __all__ = [
     "INCEPTION_SHA256",

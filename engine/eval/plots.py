@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.run.files import atomic_write
+from engine.files import atomic_write
 
 __all__ = ["density_grid_png", "line_plot_png", "save_png"]
 

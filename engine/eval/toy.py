@@ -64,8 +64,8 @@ from engine.eval.toy_problem import (
     pinwheel,
     posterior_langevin,
 )
+from engine.files import atomic_write
 from engine.learner import ema_update
-from engine.run.files import atomic_write
 from engine.sampling.diffusion import SamplerTable, sampler_table
 from engine.sampling.draws import amortizer_loss, amortizer_sample
 
@@ -137,7 +137,7 @@ def train(cfg: ToyConfig, log: Callable[[str], None] | None = None,
         z_pos = posterior_langevin(g, x, z0, cfg.post_steps, cfg.post_step_size, cfg.obs_sigma, gen)
         losses = []
         for _ in range(cfg.updates_per_iter):
-            loss = amortizer_loss(model, z_pos, x, keep, gen, cfg.logsnr_min, cfg.logsnr_max)  # type: ignore[arg-type]
+            loss = amortizer_loss(model, z_pos, x, keep, gen, cfg.logsnr_min, cfg.logsnr_max)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -295,7 +295,7 @@ def run(cfg: ToyConfig, out_dir: Path | None = None, log: Callable[[str], None] 
     t0 = time.perf_counter()
     ref = reference(g, cfg)
     ref_seconds = time.perf_counter() - t0
-    points: list[dict[str, float]] = []
+    points: list[dict[str, Any]] = []
 
     def on_log(it: int, model: ToyModel, table: SamplerTable) -> None:
         r = evaluate(model, table, ref, cfg)

@@ -10,6 +10,7 @@ ctx (B, ntemb + nemb) = (B, 1152).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +141,7 @@ class LatentUNet(nn.Module):
     def time_embedding(self, logsnr: Tensor) -> Tensor:
         """(B,) log-SNR -> temb (B, ntemb)."""
         emb = sinusoidal_embedding(logsnr_to_time(logsnr), self.ntemb)
-        w = self.time_mlp[0].weight
+        w = cast(nn.Linear, self.time_mlp[0]).weight
         return self.time_mlp(emb.to(w.dtype))
 
     def forward(self, z: Tensor, logsnr: Tensor, xemb: Tensor) -> Tensor:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .generator import IMAGE_SHAPES, _check_arch
+from .stacks import IMAGE_SHAPES, LayerSpec, check_arch, conv_stack
 
 __all__ = ["ENCODER_LAYERS", "Encoder"]
 
 # Per arch: (out-channel multiplier of nif, kernel, stride, padding) for the normed convs; the last
 # (plain) conv to nemb uses _LAST. Spatial sizes after each conv are in the comments.
-ENCODER_LAYERS: dict[str, list[tuple[int, int, int, int]]] = {
+ENCODER_LAYERS: dict[str, list[LayerSpec]] = {
     # 64@32, 128@16, 256@8, 512@4 (-> 1024@1)
     "cifar10": [(1, 3, 1, 1), (2, 4, 2, 1), (4, 4, 2, 1), (8, 4, 2, 1)],
     "svhn": [(1, 3, 1, 1), (2, 4, 2, 1), (4, 4, 2, 1), (8, 4, 2, 1)],
@@ -62,22 +62,18 @@ class Encoder(nn.Module):
 
     def __init__(self, arch: str, nif: int = 64, nemb: int = 1024) -> None:
         super().__init__()
-        _check_arch(arch)
+        check_arch(arch)
         self.arch = arch
         self.nif = nif
         self.nemb = nemb
         self.image_shape = IMAGE_SHAPES[arch]
 
-        layers: list[nn.Module] = []
-        c_in = self.image_shape[0]
-        for mult, k, s, p in ENCODER_LAYERS[arch]:
-            c_out = nif * mult
-            layers += [
-                nn.Conv2d(c_in, c_out, k, s, p),
-                nn.InstanceNorm2d(c_out, affine=True, track_running_stats=False),
-                nn.LeakyReLU(0.2),
-            ]
-            c_in = c_out
+        def block(c_in: int, c_out: int, k: int, s: int, p: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, k, s, p),
+                    nn.InstanceNorm2d(c_out, affine=True, track_running_stats=False),
+                    nn.LeakyReLU(0.2)]
+
+        layers, c_in = conv_stack(self.image_shape[0], nif, ENCODER_LAYERS[arch], block)
         k, s, p = _LAST[arch]
         layers.append(nn.Conv2d(c_in, nemb, k, s, p))  # [code]: plain, no norm / activation
         self.net = nn.Sequential(*layers)

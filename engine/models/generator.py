@@ -12,21 +12,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["IMAGE_SHAPES", "GENERATOR_LAYERS", "Generator"]
+from .stacks import IMAGE_SHAPES, LayerSpec, check_arch, conv_stack
 
-# (C, H, W) of the data each arch models.
-IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
-    "cifar10": (3, 32, 32),
-    "svhn": (3, 32, 32),
-    "celeba64": (3, 64, 64),
-    "celebahq256": (3, 256, 256),
-    "mnist": (1, 28, 28),
-    "digits": (1, 8, 8),
-}
+__all__ = ["IMAGE_SHAPES", "GENERATOR_LAYERS", "Generator"]
 
 # Per arch: (out-channel multiplier of ngf, kernel, stride, padding) for every ConvT except the last;
 # the last layer maps to the image channels with the (k, s, p) in _LAST. Spatial sizes in comments.
-GENERATOR_LAYERS: dict[str, list[tuple[int, int, int, int]]] = {
+GENERATOR_LAYERS: dict[str, list[LayerSpec]] = {
     # 1 -> 8 -> 16 -> 32 ; with ngf=128: 1024, 512, 256
     "cifar10": [(8, 8, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1)],
     # 1 -> 4 -> 8 -> 16 (-> 32 in the last layer) ; with ngf=64: 512, 256, 128
@@ -52,11 +44,6 @@ _LAST: dict[str, tuple[int, int, int]] = {
 }
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in IMAGE_SHAPES:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(IMAGE_SHAPES)}")
-
-
 class Generator(nn.Module):
     """G: (B, nz) -> (B, C, H, W) in [-1, 1].
 
@@ -66,17 +53,16 @@ class Generator(nn.Module):
 
     def __init__(self, arch: str, nz: int, ngf: int) -> None:
         super().__init__()
-        _check_arch(arch)
+        check_arch(arch)
         self.arch = arch
         self.nz = nz
         self.ngf = ngf
         self.image_shape = IMAGE_SHAPES[arch]
 
-        layers: list[nn.Module] = []
-        c_in = nz
-        for mult, k, s, p in GENERATOR_LAYERS[arch]:
-            layers += [nn.ConvTranspose2d(c_in, ngf * mult, k, s, p), nn.LeakyReLU(0.2)]
-            c_in = ngf * mult
+        def block(c_in: int, c_out: int, k: int, s: int, p: int) -> list[nn.Module]:
+            return [nn.ConvTranspose2d(c_in, c_out, k, s, p), nn.LeakyReLU(0.2)]
+
+        layers, c_in = conv_stack(nz, ngf, GENERATOR_LAYERS[arch], block)
         k, s, p = _LAST[arch]
         layers += [nn.ConvTranspose2d(c_in, self.image_shape[0], k, s, p), nn.Tanh()]
         self.net = nn.Sequential(*layers)

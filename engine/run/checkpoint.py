@@ -23,8 +23,8 @@ import torch
 
 from engine.config import from_dict, to_dict
 from engine.data.loaders import Loader
+from engine.files import atomic_write
 from engine.learner import Learner, build_learner
-from engine.run.files import atomic_write
 from engine.runtime import system
 
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.run.files import atomic_write
+from engine.files import atomic_write
 
 __all__ = ["make_grid", "save_grid", "to_uint8"]
 

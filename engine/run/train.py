@@ -22,13 +22,12 @@ from typing import Any, TextIO
 import torch
 
 from engine.config import Config, ConfigError, dump_config, load_config, resume_differences, to_dict
-from engine.data import fixed_batch, load_images
-from engine.data.loaders import FolderSpec, make_loader
+from engine.data import FolderSpec, fixed_batch, load_images, make_loader
+from engine.files import atomic_write
 from engine.learner import Learner, build_learner, damc_prior_latents, lebm_prior_latents, reconstruct, train_step
 from engine.models import IMAGE_SHAPES
 from engine.run import checkpoint
 from engine.run.checkpoint import CheckpointError
-from engine.run.files import atomic_write
 from engine.run.guard import DivergenceGuard
 from engine.run.images import save_grid
 from engine.runtime import perf, system
@@ -239,7 +238,8 @@ def train(cfg: Config) -> Path:
                         for k, v in host.items():
                             tb.add_scalar(k, v, it)
                     if bar is not None:
-                        shown = {k: f"{host[k]:.4g}" for k in ("loss_g", "loss_e", "loss_q") if k in host}
+                        shown: dict[str, str] = {k: f"{host[k]:.4g}" for k in ("loss_g", "loss_e", "loss_q")
+                                                 if k in host}
                         bar.set_postfix(shown)
                     t_last, last_it = now, it
                 if bar is not None:

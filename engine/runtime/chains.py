@@ -16,7 +16,7 @@ import contextlib
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from engine.config import ChainConfig, Config
 from engine.models import Amortizer, Networks
@@ -51,11 +51,11 @@ class Chains(Protocol):
         """bf16 autocast on the fast path, a no-op for the reference; wraps the networks' forward passes."""
         ...
 
-    def cond_draw(self, net: nn.Module, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+    def cond_draw(self, net: Amortizer, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """z ~ Q(z | x) (B, nz): the conditional ancestral draw."""
         ...
 
-    def uncond_draw(self, net: nn.Module, n: int, rng: torch.Generator | None = None) -> Tensor:
+    def uncond_draw(self, net: Amortizer, n: int, rng: torch.Generator | None = None) -> Tensor:
         """z ~ Q(z | ξ) (n, nz): the unconditional (random null token) draw, DAMC prior samples."""
         ...
 
@@ -79,13 +79,13 @@ class ReferenceChains:
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def cond_draw(self, net: nn.Module, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+    def cond_draw(self, net: Amortizer, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """The conditional ancestral draw z ~ Q(z | x), (B, nz)."""
         lr = self.learner
         return amortizer_sample(net, lr.table, rng or lr.rng, x=x, nz=lr.cfg.model.nz,
                                 with_noise=lr.cfg.diffusion.sampler_noise)
 
-    def uncond_draw(self, net: nn.Module, n: int, rng: torch.Generator | None = None) -> Tensor:
+    def uncond_draw(self, net: Amortizer, n: int, rng: torch.Generator | None = None) -> Tensor:
         """The unconditional (random null token) draw: DAMC prior samples, (n, nz)."""
         lr = self.learner
         return amortizer_sample(net, lr.table, rng or lr.rng, n=n, nz=lr.cfg.model.nz,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from engine.models import Amortizer
 from engine.runtime.chains import LoopState, ReferenceChains, chain_args
 from engine.runtime.graphs import CapturedGraph
 from engine.runtime.perf import PerfPlan
@@ -79,11 +80,11 @@ class FastChains:
         self._graphs: dict[tuple[Any, ...], tuple[CapturedGraph, dict[str, Tensor]]] = {}
         nets = learner.nets
         if plan.channels_last:
-            nets.generator.to(memory_format=torch.channels_last)
+            nets.generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             if nets.amortizer is not None:
-                nets.amortizer.encoder.to(memory_format=torch.channels_last)
+                nets.amortizer.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
                 if learner.amortizer_ema is not None:
-                    learner.amortizer_ema.encoder.to(memory_format=torch.channels_last)
+                    learner.amortizer_ema.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # Compile the energies (forward; AOTAutograd compiles their backward) and keep autograd.grad and the update
         # eager: Dynamo does not trace `requires_grad_()` in torch 2.11 (found on an H100), and the update is
         # either the fused kernel or three elementwise ops.
@@ -130,7 +131,7 @@ class FastChains:
             (g,) = torch.autograd.grad(self._prior_energy(zz), zz)
         return self.update_op(z, g, step_size, eps)
 
-    def _denoise_fn(self, net: nn.Module, z: Tensor, lam: Tensor, xemb: Tensor) -> Tensor:
+    def _denoise_fn(self, net: Amortizer, z: Tensor, lam: Tensor, xemb: Tensor) -> Tensor:
         with self.autocast():
             return net(z, lam, xemb).float()
 
@@ -180,7 +181,7 @@ class FastChains:
         if x is not None:
             shapes["x"] = (tuple(x.shape), x.dtype)
             inputs["x"] = x
-        if fixed:
+        if noise is not None:
             inputs["noise"] = noise
         elif not self.plan.graphs:
             inputs["noise"] = torch.empty(n_steps, *z0.shape, device=self.device, dtype=z0.dtype)
@@ -201,17 +202,17 @@ class FastChains:
         frozen = (nets.generator, nets.energy) if kind == "posterior" else (nets.energy,)
         return self._run(key, shapes, inputs, body, frozen)
 
-    def cond_draw(self, net: nn.Module, x: Tensor, rng: torch.Generator | None = None, *,
+    def cond_draw(self, net: Amortizer, x: Tensor, rng: torch.Generator | None = None, *,
                   noise: Tensor | None = None, z_init: Tensor | None = None) -> Tensor:
         """The 100-step conditional ancestral draw; ``z_init``/``noise`` fix the randomness (tests)."""
         return self._draw(net, x=x, n=x.shape[0], noise=noise, z_init=z_init)
 
-    def uncond_draw(self, net: nn.Module, n: int, rng: torch.Generator | None = None, *,
+    def uncond_draw(self, net: Amortizer, n: int, rng: torch.Generator | None = None, *,
                     noise: Tensor | None = None, z_init: Tensor | None = None, xi: Tensor | None = None) -> Tensor:
         """The unconditional (random null token) draw used for DAMC prior samples."""
         return self._draw(net, x=None, n=n, noise=noise, z_init=z_init, xi=xi)
 
-    def _draw(self, net: nn.Module, *, x: Tensor | None, n: int, noise: Tensor | None,
+    def _draw(self, net: Amortizer, *, x: Tensor | None, n: int, noise: Tensor | None,
               z_init: Tensor | None, xi: Tensor | None = None) -> Tensor:
         lr = self.learner
         table: SamplerTable = lr.table

@@ -37,12 +37,12 @@ class CapturedGraph:
     graph is captured on the same stream it was warmed on (stale-stream autograd errors otherwise).
     """
 
-    def __init__(self, body: Callable[[], None], device: torch.device, frozen: tuple[nn.Module, ...],
+    def __init__(self, body: Callable[[], None], device: torch.device, freeze: tuple[nn.Module, ...],
                  warmup: int = 2) -> None:
         rng_state = torch.cuda.get_rng_state(device)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        with frozen(*frozen), torch.cuda.stream(stream):
+        with frozen(*freeze), torch.cuda.stream(stream):
             for _ in range(warmup):
                 body()
             self.graph = torch.cuda.CUDAGraph()

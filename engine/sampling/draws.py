@@ -11,17 +11,35 @@ order (spec §3 "RNG order"), so the same call with the same generator state giv
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
-from engine.models import Amortizer, Networks
+from engine.models import Networks
 from engine.sampling.diffusion import SamplerTable, ancestral_sample, diffusion_loss
 from engine.sampling.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
 
-__all__ = ["amortizer_loss", "amortizer_sample", "posterior_chain", "prior_chain"]
+__all__ = ["AmortizerNet", "amortizer_loss", "amortizer_sample", "posterior_chain", "prior_chain"]
 
 
-def amortizer_sample(amortizer: Amortizer, table: SamplerTable, rng: torch.Generator, *,
+class AmortizerNet(Protocol):
+    """What the draws need from an amortizer: :class:`engine.models.Amortizer`, or the toy's small model."""
+
+    def cond_embedding(self, x: Tensor) -> Tensor:
+        """Image (or observation) embedding (B, nemb)."""
+        ...
+
+    def null_embedding(self, xi: Tensor) -> Tensor:
+        """Embedding of the random null token ξ ~ N(0, I) (B, nz) -> (B, nemb)."""
+        ...
+
+    def __call__(self, z: Tensor, logsnr: Tensor, xemb: Tensor) -> Tensor:
+        """ε̂(z_λ, λ, xemb): z (B, nz), λ (B,), xemb (B, nemb) -> (B, nz)."""
+        ...
+
+
+def amortizer_sample(amortizer: AmortizerNet, table: SamplerTable, rng: torch.Generator, *,
                      x: Tensor | None = None, n: int | None = None, nz: int,
                      with_noise: bool = True) -> Tensor:
     """Draw z (B, nz) with the ancestral sampler: conditional on images x, or unconditional (n rows).
@@ -44,7 +62,7 @@ def amortizer_sample(amortizer: Amortizer, table: SamplerTable, rng: torch.Gener
                                 with_noise=with_noise)
 
 
-def amortizer_loss(amortizer: Amortizer, z0: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
+def amortizer_loss(amortizer: AmortizerNet, z0: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
                    logsnr_min: float, logsnr_max: float) -> Tensor:
     """ε-loss on targets z0 (B, nz); row i is conditional where keep[i] = 1, else the random null token.
 

@@ -1,4 +1,4 @@
-"""Tests for engine/data.py (spec damc.md §3 "Data"): loaders, BatchStream, fixed_batch."""
+"""Tests for engine/data (spec damc.md §3 "Data"): the digits and folder sources, BatchStream, fixed_batch."""
 
 from __future__ import annotations
 

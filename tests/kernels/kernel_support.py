@@ -27,6 +27,15 @@ def fp32_atol(*terms: torch.Tensor) -> float:
     return 4 * EPS32 * max(scale, 1.0)
 
 
+def assert_matches(got: torch.Tensor, want: torch.Tensor, *terms: torch.Tensor, atol: float = 0.0) -> None:
+    """A kernel's output against its reference: bitwise where expected, else within :func:`fp32_atol` of the
+    formula's largest ``terms`` (plus ``atol``, e.g. for in-kernel noise)."""
+    assert got.shape == want.shape and got.dtype == torch.float32
+    if exact_expected() and atol == 0.0:
+        assert torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=0, atol=fp32_atol(*terms) + atol)
+
+
 def exact_expected() -> bool:
     """Bitwise parity with the reference is expected (interpreter: numpy rounds each op like torch)."""
     return DEVICE.type == "cpu"

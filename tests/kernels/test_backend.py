@@ -124,24 +124,23 @@ def test_kernels_compile_for_sm90_and_vectorise() -> None:
             return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
 
         i32, f32 = "i32", "fp32"
-        strides = {n: i32 for n in ("z_s0", "z_s1", "g_s0", "g_s1", "e_s0", "e_s1")}
-        langevin = {"z_ptr": "*fp32", "grad_ptr": "*fp32", "noise_ptr": "*fp32", "seed_offset_ptr": "*i64",
-                    "step_ptr": "*i64", "out_ptr": "*fp32", "n_elements": i32, "n_ctr": i32, "n_cols": i32,
-                    **strides, "half_s2": f32, "step_size": f32}
-        ddpm = {"z_ptr": "*fp32", "eps_hat_ptr": "*fp32", "noise_ptr": "*fp32", "table_ptr": "*fp32",
-                "k_ptr": "*i64", "seed_offset_ptr": "*i64", "out_ptr": "*fp32", "n_elements": i32,
-                "n_ctr": i32, "n_cols": i32, **{n.replace("g_", "h_"): i32 for n in strides}}
-        aligned_l = ["z_ptr", "grad_ptr", "noise_ptr", "out_ptr", "n_elements", "n_ctr", "n_cols"]
-        aligned_d = ["z_ptr", "eps_hat_ptr", "noise_ptr", "out_ptr", "n_elements", "n_ctr", "n_cols"]
+        strides = {n: i32 for n in ("z_s0", "z_s1", "a_s0", "a_s1", "e_s0", "e_s1")}
+        # In parameter order: the arguments kernels.elementwise passes to both, then each kernel's own.
+        head = {"z_ptr": "*fp32", "a_ptr": "*fp32", "noise_ptr": "*fp32", "seed_offset_ptr": "*i64",
+                "out_ptr": "*fp32"}
+        sizes = {"n_elements": i32, "n_ctr": i32, "n_cols": i32}
+        langevin = head | {"step_ptr": "*i64"} | sizes | strides | {"half_s2": f32, "step_size": f32}
+        ddpm = head | {"table_ptr": "*fp32", "k_ptr": "*i64"} | sizes | strides
+        aligned_l = aligned_d = ["z_ptr", "a_ptr", "noise_ptr", "out_ptr", "n_elements", "n_ctr", "n_cols"]
         for noise in (0, 1, 2):
             ptx = build(_langevin_update_kernel, langevin, {"NOISE": noise, "STRIDED": False, "QUARTER": 512},
                         aligned_l)
             assert len(re.findall(r"ld\\.global\\.v4\\.b32", ptx)) >= 8 and "st.global.v4.b32" in ptx, noise
             ptx = build(_ddpm_step_kernel, ddpm, {"NOISE": noise, "STRIDED": False, "QUARTER": 512}, aligned_d)
             assert len(re.findall(r"ld\\.global\\.v4\\.b32", ptx)) >= 8 and "st.global.v4.b32" in ptx, noise
-        bf16 = langevin | {"grad_ptr": "*bf16"}
+        bf16 = langevin | {"a_ptr": "*bf16"}
         build(_langevin_update_kernel, bf16, {"NOISE": 2, "STRIDED": True, "QUARTER": 128}, [])
-        build(_ddpm_step_kernel, ddpm | {"eps_hat_ptr": "*bf16"}, {"NOISE": 1, "STRIDED": True, "QUARTER": 256}, [])
+        build(_ddpm_step_kernel, ddpm | {"a_ptr": "*bf16"}, {"NOISE": 1, "STRIDED": True, "QUARTER": 256}, [])
         build(_philox_noise_kernel, {"seed_offset_ptr": "*i64", "step_ptr": "*i64", "out_ptr": "*fp32",
                                      "n_elements": i32, "n_ctr": i32}, {"QUARTER": 512}, [])
 
@@ -158,16 +157,14 @@ def test_kernels_compile_for_sm90_and_vectorise() -> None:
         triton.runtime.driver._active = _H100()
         z, st = torch.empty(129, 128), torch.zeros((), dtype=torch.int64)
         seed_offset = torch.zeros(2, dtype=torch.int64)
-        common = {"z_ptr": z, "noise_ptr": z, "seed_offset_ptr": seed_offset, "out_ptr": z.clone(),
-                  "n_elements": z.numel(), "n_ctr": 4128, "n_cols": 128, "z_s0": 128, "z_s1": 1, "e_s0": 128,
-                  "e_s1": 1, "QUARTER": 128}
+        common = {"z_ptr": z, "a_ptr": z, "noise_ptr": z, "seed_offset_ptr": seed_offset, "out_ptr": z.clone(),
+                  "n_elements": z.numel(), "n_ctr": 4128, "n_cols": 128, "z_s0": 128, "z_s1": 1, "a_s0": 128,
+                  "a_s1": 1, "e_s0": 128, "e_s1": 1, "QUARTER": 128}
         for noise in (0, 1, 2):
             for strided in (False, True):
                 flags = {"NOISE": noise, "STRIDED": strided}
-                lk = common | flags | {"grad_ptr": z, "step_ptr": st, "g_s0": 128, "g_s1": 1, "half_s2": 0.005,
-                                       "step_size": 0.1}
-                dk = common | flags | {"eps_hat_ptr": z, "table_ptr": torch.empty(100, 6), "k_ptr": st,
-                                       "h_s0": 128, "h_s1": 1}
+                lk = common | flags | {"step_ptr": st, "half_s2": 0.005, "step_size": 0.1}
+                dk = common | flags | {"table_ptr": torch.empty(100, 6), "k_ptr": st}
                 for kernel, kw in ((_langevin_update_kernel, lk), (_ddpm_step_kernel, dk)):
                     if hasattr(wrap, "identify_accessed_tensors"):  # torch >= 2.12
                         writes = [d.name for d in wrap.identify_accessed_tensors(kernel, kw, {}).read_writes.writes]

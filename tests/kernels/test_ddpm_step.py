@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from kernel_support import DEVICE, NOISE_ATOL, NZ, ROWS, exact_expected, fp32_atol
+from kernel_support import DEVICE, NOISE_ATOL, NZ, ROWS, assert_matches
 
 from engine.sampling.diffusion import ddpm_step as engine_ddpm_step
 from engine.sampling.diffusion import sampler_table
@@ -93,13 +93,6 @@ def _terms(table: torch.Tensor, k: int, z: torch.Tensor, eps_hat: torch.Tensor) 
     return [c[1] * z, c[2] * eps_hat, c[3] * z, c[4] * (c[1] * z.abs() + c[2] * eps_hat.abs())]
 
 
-def _assert_matches(got: torch.Tensor, want: torch.Tensor, terms: list[torch.Tensor], atol: float = 0.0) -> None:
-    assert got.shape == want.shape and got.dtype == torch.float32
-    if exact_expected() and atol == 0.0:
-        assert torch.equal(got, want)
-    torch.testing.assert_close(got, want, rtol=0, atol=fp32_atol(*terms) + atol)
-
-
 @pytest.mark.parametrize("nz", NZ)
 @pytest.mark.parametrize("rows", ROWS)
 def test_kernel_matches_reference(triton_backend: None, table: torch.Tensor, rows: int, nz: int) -> None:
@@ -108,12 +101,12 @@ def test_kernel_matches_reference(triton_backend: None, table: torch.Tensor, row
     for k in (0, 50, T - 1):  # first step (λ_min: 1/α ≈ 13), a middle one, the final x-prediction
         k_t = torch.tensor(k, device=DEVICE)
         terms = _terms(table, k, z, eps_hat)
-        _assert_matches(ddpm_step(z, eps_hat, table, k_t, eps), ddpm_step_ref(z, eps_hat, table, k_t, eps), terms)
-        _assert_matches(ddpm_step(z, eps_hat, table, k_t, None), ddpm_step_ref(z, eps_hat, table, k_t, None), terms)
+        assert_matches(ddpm_step(z, eps_hat, table, k_t, eps), ddpm_step_ref(z, eps_hat, table, k_t, eps), *terms)
+        assert_matches(ddpm_step(z, eps_hat, table, k_t, None), ddpm_step_ref(z, eps_hat, table, k_t, None), *terms)
     k_t = torch.tensor(50, device=DEVICE)  # the plain-torch Philox is the slow part on CPU: one row is enough
-    _assert_matches(ddpm_step_philox(z, eps_hat, table, k_t, seed_offset),
-                    ddpm_step_philox_ref(z, eps_hat, table, k_t, seed_offset), _terms(table, 50, z, eps_hat),
-                    atol=NOISE_ATOL)
+    assert_matches(ddpm_step_philox(z, eps_hat, table, k_t, seed_offset),
+                   ddpm_step_philox_ref(z, eps_hat, table, k_t, seed_offset), *_terms(table, 50, z, eps_hat),
+                   atol=NOISE_ATOL)
 
 
 def test_final_step_is_the_deterministic_x_prediction(triton_backend: None, table: torch.Tensor) -> None:
@@ -123,7 +116,7 @@ def test_final_step_is_the_deterministic_x_prediction(triton_backend: None, tabl
     x0 = table[-1, 1] * z - table[-1, 2] * eps_hat
     for out in (ddpm_step(z, eps_hat, table, k, eps), ddpm_step(z, eps_hat, table, k, None),
                 ddpm_step_philox(z, eps_hat, table, k, torch.tensor([1, 2], device=DEVICE))):
-        _assert_matches(out, x0, _terms(table, T - 1, z, eps_hat))
+        assert_matches(out, x0, *_terms(table, T - 1, z, eps_hat))
 
 
 def test_step_index_is_read_from_device_memory(triton_backend: None, table: torch.Tensor) -> None:
@@ -134,8 +127,8 @@ def test_step_index_is_read_from_device_memory(triton_backend: None, table: torc
     k.fill_(60)
     second = ddpm_step(z, eps_hat, table, k, eps)
     assert not torch.equal(first, second)
-    _assert_matches(second, ddpm_step_ref(z, eps_hat, table, torch.tensor(60, device=DEVICE), eps),
-                    _terms(table, 60, z, eps_hat))
+    assert_matches(second, ddpm_step_ref(z, eps_hat, table, torch.tensor(60, device=DEVICE), eps),
+                   *_terms(table, 60, z, eps_hat))
 
 
 def test_bf16_eps_hat_and_non_contiguous_inputs(triton_backend: None, table: torch.Tensor) -> None:
@@ -143,11 +136,11 @@ def test_bf16_eps_hat_and_non_contiguous_inputs(triton_backend: None, table: tor
     k = torch.tensor(10, device=DEVICE)
     terms = _terms(table, 10, z, eps_hat)
     bf16 = eps_hat.bfloat16()
-    _assert_matches(ddpm_step(z, bf16, table, k, eps), ddpm_step_ref(z, bf16, table, k, eps), terms)
+    assert_matches(ddpm_step(z, bf16, table, k, eps), ddpm_step_ref(z, bf16, table, k, eps), *terms)
     z_t, eps_t = z.t().contiguous().t(), eps.t().contiguous().t()
     wide = torch.zeros(1000, 256, device=DEVICE)
     wide[:, 1::2] = eps_hat
-    _assert_matches(ddpm_step(z_t, wide[:, 1::2], table, k, eps_t), ddpm_step_ref(z, eps_hat, table, k, eps), terms)
+    assert_matches(ddpm_step(z_t, wide[:, 1::2], table, k, eps_t), ddpm_step_ref(z, eps_hat, table, k, eps), *terms)
 
 
 def test_rejects_bad_inputs(triton_backend: None, table: torch.Tensor) -> None:

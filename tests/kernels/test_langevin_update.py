@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_support import DEVICE, NOISE_ATOL, NZ, ROWS, exact_expected, fp32_atol
+from kernel_support import DEVICE, NOISE_ATOL, NZ, ROWS, assert_matches, fp32_atol
 
 from engine.sampling.langevin import langevin_update as engine_langevin_update
 from kernels.backend import use_backend
@@ -25,13 +25,6 @@ def _inputs(rows: int, nz: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return z.to(DEVICE), (100.0 * grad).to(DEVICE), eps.to(DEVICE)  # posterior ∇V ~ 1/σ² = 100
 
 
-def _assert_matches(got: torch.Tensor, want: torch.Tensor, *terms: torch.Tensor, atol: float = 0.0) -> None:
-    assert got.shape == want.shape and got.dtype == torch.float32
-    if exact_expected() and atol == 0.0:
-        assert torch.equal(got, want)
-    torch.testing.assert_close(got, want, rtol=0, atol=fp32_atol(*terms) + atol)
-
-
 @pytest.mark.parametrize("nz", NZ)
 @pytest.mark.parametrize("rows", ROWS)
 def test_reference_is_the_engine_update(rows: int, nz: int) -> None:
@@ -48,10 +41,10 @@ def test_kernel_matches_reference(triton_backend: None, rows: int, nz: int) -> N
     """Same ε → same z' (bitwise under the interpreter); no noise; in-kernel ε vs the plain-torch Philox."""
     z, grad, eps = _inputs(rows, nz)
     half_s2_g = 0.5 * S * S * grad
-    _assert_matches(langevin_update(z, grad, S, eps), langevin_update_ref(z, grad, S, eps), z, half_s2_g, S * eps)
-    _assert_matches(langevin_update(z, grad, S, None), langevin_update_ref(z, grad, S, None), z, half_s2_g)
+    assert_matches(langevin_update(z, grad, S, eps), langevin_update_ref(z, grad, S, eps), z, half_s2_g, S * eps)
+    assert_matches(langevin_update(z, grad, S, None), langevin_update_ref(z, grad, S, None), z, half_s2_g)
     seed_offset, step = torch.tensor([rows, 2**40 + nz], device=DEVICE), torch.tensor(29, device=DEVICE)
-    _assert_matches(langevin_update_philox(z, grad, S, seed_offset, step),
+    assert_matches(langevin_update_philox(z, grad, S, seed_offset, step),
                     langevin_update_philox_ref(z, grad, S, seed_offset, step), z, half_s2_g, atol=S * NOISE_ATOL)
 
 
@@ -61,7 +54,7 @@ def test_bf16_grad_gets_fp32_arithmetic(triton_backend: None, rows: int, nz: int
     z, grad, eps = _inputs(rows, nz, seed=1)
     bf16 = grad.bfloat16()
     got = langevin_update(z, bf16, S, eps)
-    _assert_matches(got, langevin_update_ref(z, bf16, S, eps), z, 0.5 * S * S * grad, S * eps)
+    assert_matches(got, langevin_update_ref(z, bf16, S, eps), z, 0.5 * S * S * grad, S * eps)
     # against an fp32 g the only difference is g's bf16 rounding, scaled by ½s²
     g_err = 0.5 * S * S * float((bf16.float() - grad).abs().max())
     torch.testing.assert_close(got, langevin_update_ref(z, grad, S, eps), rtol=0, atol=g_err + fp32_atol(z, grad))
@@ -78,9 +71,9 @@ def test_non_contiguous_inputs(triton_backend: None, rows: int, nz: int) -> None
     eps_t = eps.t().contiguous().t()
     assert not (z_t.is_contiguous() or grad_s.is_contiguous() or eps_t.is_contiguous())
     want = langevin_update_ref(z, grad, S, eps)
-    _assert_matches(langevin_update(z_t, grad_s, S, eps_t), want, z, 0.5 * S * S * grad, S * eps)
+    assert_matches(langevin_update(z_t, grad_s, S, eps_t), want, z, 0.5 * S * S * grad, S * eps)
     seed_offset, step = torch.tensor([5, 6], device=DEVICE), torch.tensor(1, device=DEVICE)
-    _assert_matches(langevin_update_philox(z_t, grad_s, S, seed_offset, step),
+    assert_matches(langevin_update_philox(z_t, grad_s, S, seed_offset, step),
                     langevin_update_philox(z, grad, S, seed_offset, step), z, 0.5 * S * S * grad)
 
 

@@ -1,4 +1,4 @@
-"""Tests for engine/images.py (spec damc.md §3 "Data"): [-1, 1] -> uint8 and PNG grids."""
+"""Tests for engine/run/images.py (spec damc.md §3 "Data"): [-1, 1] -> uint8 and PNG grids."""
 
 from __future__ import annotations
 
