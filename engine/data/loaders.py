@@ -93,12 +93,14 @@ class DeviceStream(PlanBacked):
         seed: int,
         flip: bool,
         device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         check_u8(images_u8)
         self.device = torch.device(device)
-        self.plan = EpochPlan(images_u8.shape[0], batch_size, seed=seed, flip=flip)
+        self.plan = EpochPlan(images_u8.shape[0], batch_size, seed=seed, flip=flip, rank=rank, world_size=world_size)
         self.images = images_u8.to(self.device).contiguous()  # moved once; ~154 MB for CIFAR-10
-        self.batch_size = self.plan.batch_size
+        self.batch_size = self.plan.local_batch_size  # this rank's shard of the global batch
         self._src: tuple[torch.Tensor, torch.Tensor | None] | None = None  # host tensors the device copies are of
         self._perm_dev = torch.empty(0, dtype=torch.int64)
         self._coins_dev: torch.Tensor | None = None
@@ -119,9 +121,11 @@ class DeviceStream(PlanBacked):
             self._src = (c.permutation, c.coins)
             self._perm_dev = self._to_device(c.permutation)
             self._coins_dev = None if c.coins is None else self._to_device(c.coins)
-        batch = self.images.index_select(0, self._perm_dev[start : start + self.batch_size])
+        lo, b = self.plan.shard_offset, self.batch_size  # this rank's rows of the global batch at `start`
+        batch = self.images.index_select(0, self._perm_dev[start + lo : start + lo + b])
         if self._coins_dev is not None:
-            batch = torch.where(self._coins_dev[start // self.batch_size].view(-1, 1, 1, 1), batch.flip(-1), batch)
+            coins = self._coins_dev[start // self.plan.batch_size, lo : lo + b]
+            batch = torch.where(coins.view(-1, 1, 1, 1), batch.flip(-1), batch)
         return u8_to_float(batch)
 
 
@@ -159,6 +163,8 @@ def make_loader(
     log: Callable[[str], None] | None = None,
     gpu_budget_bytes: int | None = None,
     dali_options: dict[str, Any] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[Loader, str]:
     """Build the loader for ``data.loader = kind``; returns ``(loader, chosen kind)``.
 
@@ -168,7 +174,8 @@ def make_loader(
     reported as exactly one line through ``log`` (default: this module's logger at WARNING); a choice that
     needs no fallback logs nothing (the caller logs the returned kind). ``dali`` with a CPU ``device`` runs
     DALI's CPU-only mode (what CI tests). ``dali_options``: extra keyword arguments for the DALI stream
-    (``exact``, ``num_threads``, ``prefetch``).
+    (``exact``, ``num_threads``, ``prefetch``). ``rank`` / ``world_size``: this process's shard of the global
+    ``batch_size`` (:class:`~engine.data.stream.EpochPlan`); every loader yields ``batch_size / world_size`` rows.
     """
     if kind not in LOADER_KINDS:
         raise ValueError(f"data.loader must be one of {', '.join(LOADER_KINDS)}; got {kind!r}")
@@ -213,11 +220,14 @@ def make_loader(
         say(f"data.loader=gpu: no CUDA device ({device}), using the CPU loader 'torch'")
 
     opts = dict(dali_options or {})
+    if chosen == "dali" and world_size > 1:
+        opts.update(rank=rank, world_size=world_size)
     if chosen == "dali":
         if isinstance(source, FolderSpec):
             return DaliFolderStream(source, batch_size, seed=seed, flip=flip, device=device, **opts), chosen
         return DaliMemoryStream(source, batch_size, seed=seed, flip=flip, device=device, **opts), chosen
     images = source.decode() if isinstance(source, FolderSpec) else source
+    shard = {"rank": rank, "world_size": world_size}
     if chosen == "gpu":
-        return DeviceStream(images, batch_size, seed=seed, flip=flip, device=device), chosen
-    return BatchStream(images, batch_size, seed=seed, flip=flip, device=device), chosen
+        return DeviceStream(images, batch_size, seed=seed, flip=flip, device=device, **shard), chosen
+    return BatchStream(images, batch_size, seed=seed, flip=flip, device=device, **shard), chosen

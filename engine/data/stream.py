@@ -46,11 +46,23 @@ class EpochPlan:
     sits at the end of the current epoch's draws, and :meth:`state_dict` rebuilds BatchStream's mid-epoch
     generator state by replaying the consumed draws from ``base_state`` (at most ``n // batch_size`` tiny
     draws, at checkpoint time only).
+
+    Several processes (``torchrun``, :mod:`engine.runtime.distributed`) share one plan: every rank builds the same
+    plan from the same seed (``batch_size`` is the *global* batch) and ``rank`` / ``world_size`` pick its shard,
+    the contiguous slice ``[rank·b, (rank+1)·b)`` of every global batch with ``b = batch_size / world_size``
+    (:attr:`local_batch_size`). :meth:`next_batch` returns that slice, so the union over ranks of one global
+    batch is exactly the single-process batch, and the state is the same on every rank.
     """
 
-    def __init__(self, num_images: int, batch_size: int, *, seed: int, flip: bool) -> None:
+    def __init__(self, num_images: int, batch_size: int, *, seed: int, flip: bool, rank: int = 0,
+                 world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} (the global batch) is not divisible by the {world_size} "
+                             "processes; choose a multiple of the world size")
         if num_images < batch_size:
             raise ValueError(
                 f"data set has {num_images} images but batch_size is {batch_size}: with drop_last no full batch "
@@ -61,6 +73,9 @@ class EpochPlan:
         self.seed = int(seed)
         self.flip = bool(flip)
         self.batches_per_epoch = self.num_images // self.batch_size
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.local_batch_size = self.batch_size // self.world_size
+        self.shard_offset = self.rank * self.local_batch_size  # this rank's first row in every global batch
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
         perm = torch.randperm(self.num_images, generator=self.generator)
@@ -81,13 +96,15 @@ class EpochPlan:
         return Cursor(epoch, position, perm, self._draw_coins(base_k), base_state, base_k)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """Advance by one batch: ``(indices (B,) int64, coins (B,) bool or None, start in the permutation)``."""
+        """Advance by one global batch: ``(indices (b,) int64, coins (b,) bool or None, start)`` for this rank's
+        shard (b = :attr:`local_batch_size`); ``start`` is the global batch's offset in the permutation."""
         c = self.cursor
         if c.position + self.batch_size > self.num_images:  # lazy rollover, like BatchStream
             c = self.cursor = self._start(c.epoch + 1, 0, torch.randperm(self.num_images, generator=self.generator))
         start = c.position
-        idx = c.permutation[start : start + self.batch_size]
-        coins = None if c.coins is None else c.coins[start // self.batch_size]
+        lo, hi = start + self.shard_offset, start + self.shard_offset + self.local_batch_size
+        idx = c.permutation[lo:hi]
+        coins = None if c.coins is None else c.coins[start // self.batch_size, self.shard_offset : hi - start]
         self.cursor = Cursor(c.epoch, start + self.batch_size, c.permutation, c.coins, c.base_state, c.base_k)
         return idx, coins, start
 
@@ -191,11 +208,14 @@ class BatchStream(PlanBacked):
         seed: int,
         flip: bool,
         device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         check_u8(images_u8)
-        self.plan = EpochPlan(images_u8.shape[0], batch_size, seed=seed, flip=flip)
+        self.plan = EpochPlan(images_u8.shape[0], batch_size, seed=seed, flip=flip, rank=rank, world_size=world_size)
         self.images = images_u8
-        self.batch_size, self.seed, self.flip = self.plan.batch_size, self.plan.seed, self.plan.flip
+        # batch_size: the batches this stream yields (this rank's shard of the global batch).
+        self.batch_size, self.seed, self.flip = self.plan.local_batch_size, self.plan.seed, self.plan.flip
         self.device = torch.device(device)
         # Pinned host memory + non_blocking lets the small uint8 copy overlap with GPU work; only
         # meaningful (and only allowed) when copying from CPU to CUDA.

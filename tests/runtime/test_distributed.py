@@ -1,0 +1,201 @@
+"""engine.runtime.distributed and the sharded sample order: torchrun's environment, per-rank seeds, the control
+collectives on 2 gloo processes (spawned here, seconds each), and that the ranks' shards of one global batch
+are exactly the single-process batch for every loader."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from engine.data import BatchStream, EpochPlan
+from engine.data.loaders import DeviceStream, make_loader
+from engine.runtime.distributed import Distributed, DistributedError, Launch, from_env, rank_seed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, body: Callable[[Distributed], Any], queue: Any) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    d = Distributed.start(from_env(), "cpu", timeout_s=20)
+    try:
+        queue.put((rank, body(d)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as a value
+        queue.put((rank, f"{type(exc).__name__}: {exc}"))
+    finally:
+        d.close()
+
+
+def run_ranks(body: Callable[[Distributed], Any], world: int = 2, timeout: float = 60) -> dict[int, Any]:
+    """Run ``body(dist)`` on ``world`` gloo processes; returns {rank: result} (exceptions as strings)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, body, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(out) < world and time.monotonic() < deadline:
+        try:
+            rank, value = queue.get(timeout=1)
+            out[rank] = value
+        except Exception:  # noqa: BLE001 - queue.Empty: keep waiting for the others
+            if all(not p.is_alive() for p in procs) and queue.empty():
+                break
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Environment and seeds
+
+
+def test_single_process_without_torchrun_variables() -> None:
+    assert from_env({}) == Launch()
+    assert from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Launch(1, 4, 1, launched=True)
+
+
+@pytest.mark.parametrize("env", [
+    {"RANK": "0"},
+    {"RANK": "0", "WORLD_SIZE": "2"},
+    {"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+    {"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+    {"RANK": "-1", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+    {"RANK": "0", "WORLD_SIZE": "0", "LOCAL_RANK": "0"},
+    {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "-3"},
+])
+def test_broken_torchrun_environment_is_one_line(env: dict[str, str]) -> None:
+    with pytest.raises(DistributedError) as ei:
+        from_env(env)
+    assert "\n" not in str(ei.value) and "RANK" in str(ei.value)
+
+
+def test_rank_seeds() -> None:
+    assert rank_seed(123, 0) == 123  # a one-process torchrun is the plain run
+    seeds = {rank_seed(123, r) for r in range(64)}
+    assert len(seeds) == 64 and all(0 <= s < 2**63 for s in seeds)
+    assert rank_seed(123, 1) != rank_seed(124, 1) and rank_seed(123, 1) not in (124, 122)
+    assert rank_seed(2**64 - 1, 3) < 2**63  # any run seed
+
+
+def test_single_process_collectives_are_identities() -> None:
+    d = Distributed.single(torch.device("cpu"))
+    assert not d.active and d.is_main and d.world_size == 1
+    assert d.any(True) and not d.any(False)
+    v = torch.tensor([1.0, 2.0])
+    assert torch.equal(d.mean_(v), torch.tensor([1.0, 2.0]))
+    assert d.gather({"a": 1}) == [{"a": 1}] and d.broadcast(5) == 5 and d.same_everywhere([1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two gloo processes
+
+
+def _collectives(d: Distributed) -> dict[str, Any]:
+    flag_any = d.any(d.rank == 1)  # only rank 1 raises it
+    none = d.any(False)
+    mean = d.mean_(torch.tensor([float(d.rank), 10.0 * d.rank])).tolist()
+    gathered = d.gather({"rank": d.rank, "rng": torch.arange(3) + d.rank})
+    bcast = d.broadcast(f"from rank {d.rank}")
+    same = d.same_everywhere([100.0, 0.5])
+    differ = d.same_everywhere([float(d.rank)])
+    return {"any": flag_any, "none": none, "mean": mean, "gathered": gathered, "bcast": bcast, "same": same,
+            "differ": differ, "main": d.is_main}
+
+
+def test_collectives_on_two_gloo_ranks() -> None:
+    out = run_ranks(_collectives)
+    assert set(out) == {0, 1}, out
+    for rank in (0, 1):
+        r = out[rank]
+        assert isinstance(r, dict), r
+        assert r["any"] is True and r["none"] is False
+        assert r["mean"] == [0.5, 5.0]
+        assert r["bcast"] == "from rank 0" and r["same"] is True and r["differ"] is False
+        assert r["main"] is (rank == 0)
+    g = out[0]["gathered"]
+    assert [x["rank"] for x in g] == [0, 1] and torch.equal(g[1]["rng"], torch.tensor([1, 2, 3]))
+    assert out[1]["gathered"] is None
+
+
+def _one_rank_dies(d: Distributed) -> str:
+    if d.rank == 1:
+        os._exit(3)  # a crash: no clean shutdown, no collective
+    t0 = time.monotonic()
+    try:
+        d.any(False)
+    except DistributedError as exc:
+        return f"raised after {time.monotonic() - t0:.1f}s: {exc}"
+    return "no error"
+
+
+def test_a_dead_rank_makes_the_others_raise_not_hang() -> None:
+    out = run_ranks(_one_rank_dies, timeout=60)
+    assert 0 in out, out
+    assert out[0].startswith("raised after"), out[0]
+    assert float(out[0].split()[2].rstrip("s:")) < 30  # within the 20 s timeout, not forever
+    assert "another rank probably stopped or died" in out[0] and "\n" not in out[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sharded sample order
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("flip", [False, True])
+def test_shards_of_a_global_batch_are_the_single_process_batch(world: int, flip: bool) -> None:
+    n, batch, seed = 203, 16, 7
+    images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8)
+    single = BatchStream(images, batch, seed=seed, flip=flip, device="cpu")
+    for kind in (BatchStream, DeviceStream):
+        ranks = [kind(images, batch, seed=seed, flip=flip, device="cpu", rank=r, world_size=world)
+                 for r in range(world)]
+        ref = BatchStream(images, batch, seed=seed, flip=flip, device="cpu")
+        for _ in range(3 * len(single)):  # three epochs, across the rollovers
+            want = next(ref)
+            parts = [next(s) for s in ranks]
+            assert all(p.shape == (batch // world, 1, 4, 4) for p in parts)
+            assert torch.equal(torch.cat(parts), want)
+        # The state is global: identical on every rank, and it is the single-process stream's.
+        states = [s.state_dict() for s in ranks]
+        assert all(torch.equal(st["permutation"], ref.state_dict()["permutation"]) for st in states)
+        assert all(st["position"] == ref.state_dict()["position"] for st in states)
+
+
+def test_a_shard_resumes_from_the_global_state() -> None:
+    images = torch.randint(0, 256, (50, 1, 2, 2), dtype=torch.uint8)
+    a = BatchStream(images, 8, seed=1, flip=True, device="cpu", rank=1, world_size=2)
+    for _ in range(9):
+        next(a)
+    b = BatchStream(images, 8, seed=1, flip=True, device="cpu", rank=1, world_size=2)
+    b.load_state_dict(a.state_dict())
+    for _ in range(10):
+        assert torch.equal(next(a), next(b))
+
+
+@pytest.mark.parametrize("batch,world", [(10, 3), (7, 2), (16, 32)])
+def test_a_global_batch_the_ranks_cannot_split_is_refused(batch: int, world: int) -> None:
+    with pytest.raises(ValueError, match="not divisible by the"):
+        EpochPlan(100, batch, seed=0, flip=False, rank=0, world_size=world)
+
+
+def test_make_loader_passes_the_shard() -> None:
+    images = torch.randint(0, 256, (40, 1, 2, 2), dtype=torch.uint8)
+    loader, kind = make_loader("torch", images, 8, seed=0, flip=False, device="cpu", rank=1, world_size=4)
+    assert kind == "torch" and next(loader).shape == (2, 1, 2, 2)
