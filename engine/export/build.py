@@ -11,6 +11,7 @@ Checks on every export (an exporter surprise fails the export, it never ships):
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,9 @@ def export_sampler(learner: Learner, spec: ExportSpec, out: Path, *, run_info: d
         engine_version=engine.__version__, torch_version=torch.__version__, noise=dict(NOISE_RECIPE),
         driver=DRIVER if spec.structure == "per-step" else "images = sampler(xi, z_T, eps)",
     )
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force) as tmp, warnings.catch_warnings():
+        # torch.export's pytree pickling warns about a deprecated LeafSpec check inside torch itself.
+        warnings.simplefilter("ignore", FutureWarning)
         for name, b in bundles.items():
             log(f"torch.export {name} ({len(b.example)} inputs) ...")
             ep = torch.export.export(b.module, b.example, strict=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -27,7 +26,7 @@ from engine.run import checkpoint
 from engine.run.checkpoint import CheckpointError
 from engine.runtime import system
 
-__all__ = ["MAX_BATCH", "OneLineParser", "main", "resolve_checkpoint"]
+__all__ = ["MAX_BATCH", "OneLineParser", "main", "one_line", "resolve_checkpoint"]
 
 MAX_BATCH = 65536
 
@@ -38,6 +37,17 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: ``checkpoint.load`` passes torch's multi-line unpickling message through."""
+    text = str(exc)
+    prefix = "could not read checkpoint "
+    if isinstance(exc, CheckpointError) and text.startswith(prefix) and ": " in text[len(prefix):]:
+        path = text[len(prefix):].split(": ", 1)[0]
+        return f"{prefix}{path}: not a readable checkpoint (truncated, corrupt or not written by this engine)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:400]
 
 
 def _say(msg: str) -> None:
@@ -138,12 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"exporting the DAMC prior sampler of {plan.run_dir} ({plan.ckpt.name}, iteration {learner.iteration}): "
              f"{s.format}, {s.structure}, batch {s.batch}, {s.precision}, {s.device.type}, "
              f"{learner.table.n_steps} steps")
-        with warnings.catch_warnings():
-            # torch.export's pytree pickling warns about a deprecated LeafSpec check inside torch itself.
-            warnings.simplefilter("ignore", FutureWarning)
-            sidecar = export_sampler(learner, s, plan.out, run_info=run_info, force=args.force, log=_say)
+        sidecar = export_sampler(learner, s, plan.out, run_info=run_info, force=args.force, log=_say)
     except (ExportError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     total = sum(sidecar.files.values())
     files = ", ".join(f"{n} {b / 2**20:.2f} MiB" for n, b in sidecar.files.items())

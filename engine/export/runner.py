@@ -81,6 +81,11 @@ class ArtifactSampler:
     def batch(self) -> int:
         return self.sidecar.batch
 
+    @property
+    def captured(self) -> bool:
+        """Whether batches replay one CUDA graph (after the first call)."""
+        return self._graphed is not None
+
     def _eager(self, noise: PriorNoise) -> Tensor:
         g = self.graphs
         if self.sidecar.structure == "whole":

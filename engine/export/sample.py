@@ -40,7 +40,7 @@ from torch import Tensor
 import engine
 from engine.config import from_dict
 from engine.export.artifact import ExportError, check_writable, read_sidecar, weights_hash
-from engine.export.cli import MAX_BATCH, OneLineParser, resolve_checkpoint, resolve_device
+from engine.export.cli import MAX_BATCH, OneLineParser, one_line, resolve_checkpoint, resolve_device
 from engine.export.graphs import decode, prior_latents
 from engine.export.noise import MAX_SEED, NoiseStream, langevin_noise, prior_noise
 from engine.export.runner import ArtifactSampler, load_artifact
@@ -318,6 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sample(args)
     except (ExportError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0

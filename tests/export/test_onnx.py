@@ -1,9 +1,9 @@
 """``--format onnx``: onnxruntime matches the engine, noise is an input, and every operator is one TensorRT parses.
 
-Tolerances (fp32, images in [−1, 1], onnxruntime 1.32 CPU vs torch 2.13 eager on this 2-core sandbox):
-≤ 1e-5 at 3 steps (measured 1.2e-6); at the paper's 100 steps the per-step export of the trained quickstart run
-differs by at most 2e-5 (README "Sampling and export"), and the test below bounds the 100-step per-step
-export at 1e-4.
+Tolerances (fp32, images in [−1, 1], onnxruntime 1.32 CPU vs torch 2.13 eager, 2-core CPU sandbox): ≤ 1e-5 at 3
+steps (measured 1.2e-6). At the paper's 100 steps the trained quickstart run's exports differ from the engine by
+at most 2.3e-6 (per-step 2.25e-6, whole 1.97e-6, batch 64: README "Sampling and export"); the 100-step test below
+bounds a per-step export at 1e-5 as well.
 """
 
 from __future__ import annotations
@@ -87,13 +87,13 @@ def test_per_step_and_whole_onnx_agree(artifacts: dict[str, Path]) -> None:
     assert (a - b).abs().max() <= 1e-5
 
 
-def test_a_100_step_per_step_onnx_export_stays_within_1e_4(damc_run_100: Path, tmp_path: Path) -> None:
+def test_a_100_step_per_step_onnx_export_stays_within_1e_5(damc_run_100: Path, tmp_path: Path) -> None:
     out = export(damc_run_100, "onnx", "per-step", tmp_path / "a")
     learner = checkpoint.load_run(damc_run_100, CPU)
     noise = prior_noise(NoiseStream(0, 8, 101), 4)
     err = (load_artifact(out, CPU).images(noise) - reference_images(learner, noise)).abs().max().item()
-    assert err <= 1e-4
-    assert read_sidecar(out)[1].verification["max_abs_diff"] <= 1e-4
+    assert err <= 1e-5
+    assert read_sidecar(out)[1].verification["max_abs_diff"] <= 1e-5
 
 
 def _element_types(model: onnx.ModelProto) -> dict[str, str]:

@@ -60,3 +60,18 @@ def test_the_sidecar_says_how_to_feed_the_artifact(artifacts: dict[str, Path], d
     whole = read_sidecar(artifacts["whole"])[1]
     assert [i.name for i in whole.graphs["sampler"].inputs] == ["xi", "z_T", "eps"]
     assert whole.graphs["sampler"].inputs[2].shape == [2, 4, 8]  # (T-1, B, nz)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_graph_driver_replays_the_eager_loop_exactly(damc_run: Path, tmp_path: Path) -> None:
+    from engine.export.build import ExportSpec, export_sampler
+
+    cuda = torch.device("cuda")
+    learner = checkpoint.load_run(damc_run, cuda)
+    export_sampler(learner, ExportSpec("pt2", "per-step", 4, "fp32", cuda), tmp_path / "a", run_info={})
+    graphed, eager = load_artifact(tmp_path / "a", cuda), load_artifact(tmp_path / "a", cuda, cuda_graph=False)
+    for seed in (1, 2):  # the second call replays the captured graph with new inputs
+        noise = prior_noise(NoiseStream(seed, 8, 4), 4)
+        assert torch.equal(graphed.images(noise), eager.images(noise))
+    assert graphed.captured and graphed.note is None
