@@ -23,14 +23,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from engine.config import Config, to_dict
 from engine.files import atomic_write
@@ -44,6 +43,7 @@ __all__ = [
     "Sidecar",
     "TensorSpec",
     "atomic_directory",
+    "prior_weights_hash",
     "config_hash",
     "read_sidecar",
     "weights_hash",
@@ -112,15 +112,25 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def weights_hash(*modules: nn.Module) -> str:
-    """sha256 (first 16 hex digits) over the modules' state dicts (names, dtypes, shapes and bytes): which
-    weights an artifact was exported from, so ``engine.sample --from-export`` can refuse a mismatched run."""
+def weights_hash(*state_dicts: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (first 16 hex digits) over state dicts (names, dtypes, shapes and bytes): which weights an artifact
+    was exported from, so ``engine.sample --from-export`` can refuse a mismatched run before any work."""
     h = hashlib.sha256()
-    for i, m in enumerate(modules):
-        for name, t in sorted(m.state_dict().items()):
+    for i, sd in enumerate(state_dicts):
+        for name, t in sorted(sd.items()):
             h.update(f"{i}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def prior_weights_hash(amortizer: Mapping[str, torch.Tensor], generator: Mapping[str, torch.Tensor]) -> str:
+    """:func:`weights_hash` of what the prior sampler runs (null token, U-Net, G), from the state dicts of the
+    amortizer and G as a checkpoint stores them (the image encoder is not part of it)."""
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in amortizer.items() if k.startswith(prefix)}
+
+    return weights_hash(part("null_token."), part("unet."), generator)
 
 
 def write_sidecar(directory: Path, sidecar: Sidecar) -> None:

@@ -30,7 +30,7 @@ from engine.export.artifact import (
     TensorSpec,
     atomic_directory,
     config_hash,
-    weights_hash,
+    prior_weights_hash,
     write_sidecar,
 )
 from engine.export.graphs import GeneratorGraph, NullEmbeddingGraph, StepGraph, WholeGraph, decode, prior_latents
@@ -149,8 +149,8 @@ def export_sampler(learner: Learner, spec: ExportSpec, out: Path, *, run_info: d
         device=spec.device.type, n_steps=learner.table.n_steps, nz=cfg.model.nz, nemb=cfg.model.nemb,
         image_shape=list(bundles["generator" if spec.structure == "per-step" else "sampler"].io.outputs[0].shape[1:]),
         sampler_noise=cfg.diffusion.sampler_noise, graphs={n: b.io for n, b in bundles.items()},
-        run={**run_info, "config_hash": config_hash(cfg), "weights_sha256": weights_hash(amortizer.null_token,
-             amortizer.unet, learner.nets.generator)},
+        run={**run_info, "config_hash": config_hash(cfg),
+             "weights_sha256": prior_weights_hash(amortizer.state_dict(), learner.nets.generator.state_dict())},
         engine_version=engine.__version__, torch_version=torch.__version__, noise=dict(NOISE_RECIPE),
         driver=DRIVER if spec.structure == "per-step" else "images = sampler(xi, z_T, eps)",
     )

@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, CheckpointError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; nothing was written at {args.out} (an artifact appears only complete)",
+              file=sys.stderr)
+        return 130
     total = sum(sidecar.files.values())
     files = ", ".join(f"{n} {b / 2**20:.2f} MiB" for n, b in sidecar.files.items())
     v = sidecar.verification

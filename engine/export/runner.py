@@ -26,7 +26,7 @@ from engine.export.artifact import CallableGraph, ExportError, Sidecar, read_sid
 from engine.export.noise import PriorNoise
 from engine.runtime.graphs import CapturedGraph
 
-__all__ = ["FORMAT_MODULES", "ArtifactSampler", "drive_per_step", "load_artifact"]
+__all__ = ["FORMAT_MODULES", "ArtifactSampler", "check_loadable", "drive_per_step", "load_artifact"]
 
 FORMAT_MODULES: dict[str, ModuleType] = {"pt2": to_pt2, "onnx": to_onnx, "aoti": to_aoti, "tensorrt": to_tensorrt}
 
@@ -107,6 +107,21 @@ class ArtifactSampler:
                     self.note = f"CUDA-graph capture failed ({str(exc).splitlines()[0][:120]}); driving eagerly"
             out = self._graphed(full) if self._graphed is not None else self._eager(full)
         return out[:rows]
+
+
+def check_loadable(sidecar: Sidecar, device: torch.device) -> None:
+    """Fail before any work when this machine cannot run the artifact (missing package, wrong device type)."""
+    import importlib.util
+
+    if sidecar.format == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        raise ExportError("sampling an ONNX artifact needs onnxruntime: pip install 'damc-engine[export]'")
+    if sidecar.format == "aoti" and torch.device(sidecar.device).type != device.type:
+        raise ExportError(f"the AOTInductor package was compiled for {sidecar.device} and this run uses "
+                          f"{device.type}: pass --device {sidecar.device} or export again with --device {device.type}")
+    if sidecar.format == "tensorrt":
+        if device.type != "cuda":
+            raise ExportError("a TensorRT artifact runs on a CUDA GPU only")
+        to_tensorrt.require(device)
 
 
 def load_artifact(path: Path, device: torch.device, *, cuda_graph: bool = True) -> ArtifactSampler:

@@ -39,11 +39,11 @@ from torch import Tensor
 
 import engine
 from engine.config import from_dict
-from engine.export.artifact import ExportError, check_writable, read_sidecar, weights_hash
+from engine.export.artifact import ExportError, check_writable, prior_weights_hash, read_sidecar
 from engine.export.cli import MAX_BATCH, OneLineParser, one_line, resolve_checkpoint, resolve_device
 from engine.export.graphs import decode, prior_latents
 from engine.export.noise import MAX_SEED, NoiseStream, langevin_noise, prior_noise
-from engine.export.runner import ArtifactSampler, load_artifact
+from engine.export.runner import ArtifactSampler, check_loadable, load_artifact
 from engine.files import atomic_write
 from engine.learner import Learner
 from engine.models import IMAGE_SHAPES
@@ -61,6 +61,10 @@ METHODS = ("damc", "lebm")
 MAX_N = 10_000_000
 MAX_GRID = 1024  # images in one grid PNG
 MAX_NPZ_BYTES = 4 * 2**30  # an .npz is assembled in memory
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C while drawing; the message says what was kept."""
 
 
 def _say(msg: str) -> None:
@@ -128,8 +132,10 @@ def _plan(args: argparse.Namespace) -> _Plan:
     ckpt = resolve_checkpoint(run_dir, args.checkpoint)
     state = checkpoint.load(ckpt)  # CheckpointError on a corrupt file: before anything is written
     cfg = from_dict(state["config"])
-    del state
     damc_run = cfg.method == "damc"
+    if args.from_export and not damc_run:
+        raise ExportError(f"--from-export: {run_dir} is an LEBM run (no amortizer); pass the DAMC run the artifact "
+                          "was exported from")
     method = args.method or ("damc" if damc_run or args.from_export else "lebm")
     if method == "damc" and not damc_run:
         raise ExportError(f"--method damc: {run_dir} is an LEBM run (no amortizer); use --method lebm")
@@ -137,6 +143,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     batch = args.batch or 64
     artifact = None
     tag = method
+    device = resolve_device(args.device)
     if args.from_export:
         if method != "damc":
             raise ExportError("--from-export samples an exported DAMC prior sampler; drop --method lebm")
@@ -144,6 +151,13 @@ def _plan(args: argparse.Namespace) -> _Plan:
         _, sidecar = read_sidecar(artifact)
         if args.batch is not None and args.batch > sidecar.batch:
             raise ExportError(f"--batch {args.batch}: the artifact's static batch is {sidecar.batch}; omit --batch")
+        r = sidecar.run
+        if (prior_weights_hash(state["amortizer"], state["generator"]) != r.get("weights_sha256")
+                or sidecar.n_steps != cfg.diffusion.n_steps):
+            raise ExportError(f"--from-export {artifact} was exported from {r.get('run_dir')}/{r.get('checkpoint')} "
+                              f"(iteration {r.get('iteration')}), not from {ckpt}; pass that --checkpoint or export "
+                              "this one")
+        check_loadable(sidecar, device)
         batch = args.batch or sidecar.batch
         tag = f"export-{sidecar.format}"
     if args.format == "npz" and args.n * math.prod(shape) > MAX_NPZ_BYTES:
@@ -158,7 +172,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise ExportError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
     per_image = math.prod(shape) + 200  # PNG: pixels plus header, an upper bound for these small images
     check_writable(out, "--out", need_bytes=args.n * per_image if args.format != "grid" else 0)
-    device = resolve_device(args.device)
+    del state
     lebm_steps = args.lebm_steps if args.lebm_steps is not None else cfg.eval.lebm_steps
     lebm_s = args.lebm_step_size if args.lebm_step_size is not None else cfg.eval.lebm_step_size
     return _Plan(run_dir, ckpt, method, out, f"{tag}_s{args.seed}", min(batch, args.n), device, shape, lebm_steps,
@@ -236,15 +250,6 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
     sampler = None
     if plan.artifact is not None:
         sampler = load_artifact(plan.artifact, plan.device)
-        amortizer = learner.nets.amortizer
-        assert amortizer is not None
-        ours = weights_hash(amortizer.null_token, amortizer.unet, learner.nets.generator)
-        theirs = sampler.sidecar.run.get("weights_sha256")
-        if ours != theirs or sampler.sidecar.n_steps != learner.table.n_steps:
-            r = sampler.sidecar.run
-            raise ExportError(f"--from-export {plan.artifact} was exported from {r.get('run_dir')}/"
-                              f"{r.get('checkpoint')} (iteration {r.get('iteration')}), not from {plan.ckpt}; pass "
-                              "that --checkpoint or export this one")
         path = f"export: {sampler.sidecar.format} {sampler.sidecar.structure}, {sampler.sidecar.precision}"
     else:
         path = _use_fast_path(learner, plan.device, args.perf)
@@ -263,25 +268,30 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
         bar = tqdm(total=n, unit="img", desc=f"{plan.tag} ({path.split(':')[0]})", dynamic_ncols=True, file=sys.stderr)
     t0 = time.perf_counter()
     done = 0
-    while done < n:
-        b = min(plan.batch, n - done)
-        if plan.method == "damc":
-            images = _damc_batch(learner, stream, b, sampler)
-        else:
-            images = _lebm_batch(learner, stream, b, plan.lebm_steps, plan.lebm_step_size)
-        u8 = to_uint8(images)  # (b, C, H, W); the one device->host copy per batch
-        if fmt == "png":
-            for i in range(b):
-                name = f"{plan.tag}_{done + i:0{digits}d}.png"
-                _write_bytes(plan.out / name, _png_bytes(u8[i]))
-                files.append(name)
-        else:
-            kept.append(u8)
-        done += b
+    try:
+        while done < n:
+            b = min(plan.batch, n - done)
+            if plan.method == "damc":
+                images = _damc_batch(learner, stream, b, sampler)
+            else:
+                images = _lebm_batch(learner, stream, b, plan.lebm_steps, plan.lebm_step_size)
+            u8 = to_uint8(images)  # (b, C, H, W); the one device->host copy per batch
+            if fmt == "png":
+                for i in range(b):
+                    name = f"{plan.tag}_{done + i:0{digits}d}.png"
+                    _write_bytes(plan.out / name, _png_bytes(u8[i]))
+                    files.append(name)
+            else:
+                kept.append(u8)
+            done += b
+            if bar is not None:
+                bar.update(b)
+    except KeyboardInterrupt:
+        kept_note = f"the {len(files)} PNG files written are complete" if fmt == "png" else "nothing was written"
+        raise Interrupted(f"interrupted after {done} of {n} images; {kept_note}") from None
+    finally:
         if bar is not None:
-            bar.update(b)
-    if bar is not None:
-        bar.close()
+            bar.close()
     seconds = time.perf_counter() - t0
     if fmt == "npz":
         name = f"{plan.tag}.npz"
@@ -320,4 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, CheckpointError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
     return 0

@@ -123,6 +123,17 @@ def test_a_failed_export_leaves_no_artifact_and_keeps_the_old_one(damc_run: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temporary directory left
 
 
+def test_ctrl_c_during_an_export_leaves_nothing(damc_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupt(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "write_sidecar", interrupt)
+    assert main([str(damc_run), "--format", "pt2", "--batch", "2", "--out", str(tmp_path / "a")]) == 130
+    assert "interrupted; nothing was written" in _err(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_directory_removes_its_temporary_directory_on_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_directory(tmp_path / "x") as tmp:
         (tmp / "half").write_text("written")

@@ -128,6 +128,8 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "export missing": ([*BASE, "--from-export", "{tmp}/none"], "", "--from-export {tmp}/none: no such file"),
     "export without sidecar": ([*BASE, "--from-export", "{tmp}"], "", "no sampler.json there"),
     "export sidecar corrupt": ([*BASE, "--from-export", "{tmp}/art"], "bad-sidecar", "unreadable sampler.json"),
+    "export on an lebm run": (["{lebm}", *BASE[1:], "--from-export", "{tmp}/art"], "sidecar",
+                              "is an LEBM run (no amortizer); pass the DAMC run"),
     "export and lebm": ([*BASE, "--from-export", "{tmp}/art", "--method", "lebm"], "sidecar",
                         "drop --method lebm"),
     "cuda without a GPU": ([*BASE, "--device", "cuda"], "", "no CUDA device is visible"),
@@ -167,7 +169,7 @@ def test_bad_requests_are_one_line_and_write_nothing(case: str, damc_run: Path, 
 
 def test_an_export_of_another_checkpoint_is_refused(damc_run: Path, damc_run_100: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    art = export(damc_run_100, "pt2", "whole", tmp_path / "art", batch=2)
+    art = export(damc_run_100, "pt2", "per-step", tmp_path / "art", batch=2)
     capsys.readouterr()
     assert _rc([str(damc_run), "--n", "2", "--out", str(tmp_path / "o"), "--from-export", str(art), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -175,6 +177,28 @@ def test_an_export_of_another_checkpoint_is_refused(damc_run: Path, damc_run_100
     assert _rc([str(damc_run_100), "--n", "3", "--batch", "5", "--out", str(tmp_path / "o"), "--from-export",
                 str(art), "--quiet"]) == 2
     assert "the artifact's static batch is 2" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_complete_files_and_says_so(damc_run: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    real, calls = sample_module._damc_batch, []
+
+    def interrupted_second_batch(*a: object, **k: object) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sample_module, "_damc_batch", interrupted_second_batch)
+    out = tmp_path / "o"
+    assert main([str(damc_run), "--n", "6", "--batch", "2", "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "error: interrupted after 2 of 6 images; the 2 PNG files written are complete"
+    assert sorted(p.name for p in out.iterdir()) == ["damc_s0_000000.png", "damc_s0_000001.png"]
+    calls.clear()
+    assert main([str(damc_run), "--n", "6", "--batch", "2", "--out", str(out), "--format", "npz", "--quiet"]) == 130
+    assert "nothing was written" in capsys.readouterr().err and not (out / "damc_s0.npz").exists()
 
 
 def test_module_entry_point(damc_run: Path, tmp_path: Path) -> None:
