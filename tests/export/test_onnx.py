@@ -62,7 +62,9 @@ RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "Ra
 @pytest.fixture(scope="module")
 def artifacts(damc_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx")
-    return {s: export(damc_run, "onnx", s, root / s) for s in ("per-step", "whole")}
+    out = {s: export(damc_run, "onnx", s, root / s) for s in ("per-step", "whole")}
+    out["per-step-fp16"] = export(damc_run, "onnx", "per-step", root / "fp16", precision="fp16")
+    return out
 
 
 @pytest.mark.parametrize("structure", ["per-step", "whole"])
@@ -107,7 +109,7 @@ def _element_types(model: onnx.ModelProto) -> dict[str, str]:
     return types
 
 
-@pytest.mark.parametrize("structure", ["per-step", "whole"])
+@pytest.mark.parametrize("structure", ["per-step", "whole", "per-step-fp16"])
 def test_every_onnx_operator_is_in_tensorrts_support_matrix(artifacts: dict[str, Path], structure: str) -> None:
     directory, sidecar = read_sidecar(artifacts[structure])
     for g in sidecar.graphs.values():
@@ -138,6 +140,10 @@ def test_every_onnx_operator_is_in_tensorrts_support_matrix(artifacts: dict[str,
             dims = value.type.tensor_type.shape.dim
             assert all(d.HasField("dim_value") and d.dim_value > 0 for d in dims), value.name
         assert [i.name for i in model.graph.input] == [t.name for t in g.inputs]
+    if structure.endswith("fp16"):  # the networks in fp16 through explicit casts, the interface fp32
+        casts = {onnx.TensorProto.DataType.Name(a.i) for f in sidecar.graphs.values()
+                 for n in onnx.load(str(directory / f.file)).graph.node if n.op_type == "Cast" for a in n.attribute}
+        assert "FLOAT16" in casts and sidecar.verification["max_abs_diff"] < 1e-2
 
 
 def test_the_support_check_is_not_vacuous() -> None:
