@@ -126,7 +126,8 @@ LAYERS = (
     ("engine.data",),
     ("engine.run",),
     ("engine.eval",),
-    ("engine.train", "engine.toy", "engine.eval.__main__"),
+    ("engine.export",),
+    ("engine.train", "engine.toy", "engine.eval.__main__", "engine.sample", "engine.export.__main__"),
 )
 
 

@@ -1,0 +1,336 @@
+"""``python -m engine.sample RUN_DIR --n N --out DIR``: images from a trained run's prior, or from an export.
+
+Methods (spec §4, as ``engine.eval`` draws its FID samples):
+* ``damc``: the online amortizer's unconditional draw (random null token ξ, the run's T-step ancestral sampler,
+  paper eq. 5), then G;
+* ``lebm``: z_0 ~ N(0, I), then ``--lebm-steps`` Langevin steps on E(z) + ½‖z‖² (paper eq. 3, noise on) at
+  ``--lebm-step-size`` (defaults: the run's ``eval.lebm_steps`` / ``eval.lebm_step_size``), then G.
+
+Paths: on a GPU the engine's fast path (``perf.preset: fast`` through the learner's chains: bf16, CUDA graphs,
+fused kernels); on CPU (or ``--perf reference``) the eager fp32 reference; with ``--from-export DIR`` an
+artifact of ``python -m engine.export``, driven by :mod:`engine.export.runner`.
+
+Determinism: all noise comes from :mod:`engine.export.noise` (one seeded CPU stream, one draw per sample), so
+image i depends only on (``--seed``, i), whatever ``--batch``, ``--n``, device or path. The reference and an
+fp32 export therefore give the same images up to float rounding (tests/export), and the fast path the same
+images up to bf16 rounding.
+
+Outputs in ``--out`` (created if missing), named ``<tag>_s<seed>``: one PNG per image (``png``, native
+resolution), one ``.npz`` with ``images`` uint8 (N, H, W, C) (``npz``), or one grid PNG (``grid``); and a
+``.json`` manifest. Every file is written atomically; bad requests are one line and exit code 2, before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import engine
+from engine.config import from_dict
+from engine.export.artifact import ExportError, check_writable, prior_weights_hash, read_sidecar
+from engine.export.cli import MAX_BATCH, OneLineParser, one_line, resolve_checkpoint, resolve_device
+from engine.export.graphs import decode, prior_latents
+from engine.export.noise import MAX_SEED, NoiseStream, langevin_noise, prior_noise
+from engine.export.runner import ArtifactSampler, check_loadable, load_artifact
+from engine.files import atomic_write
+from engine.learner import Learner
+from engine.models import IMAGE_SHAPES
+from engine.run import checkpoint
+from engine.run.checkpoint import CheckpointError
+from engine.run.images import save_grid, to_uint8
+from engine.runtime import perf, system
+from engine.runtime.fast import FastChains, build_chains
+from engine.sampling.langevin import energy_grad, langevin_chain, prior_energy
+
+__all__ = ["FORMATS", "MAX_GRID", "MAX_N", "main", "sample"]
+
+FORMATS = ("png", "npz", "grid")
+METHODS = ("damc", "lebm")
+MAX_N = 10_000_000
+MAX_GRID = 1024  # images in one grid PNG
+MAX_NPZ_BYTES = 4 * 2**30  # an .npz is assembled in memory
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C while drawing; the message says what was kept."""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m engine.sample", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", help="a run directory written by python -m engine.train")
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--method", help="damc (default for a DAMC run) or lebm (default for an LEBM run)")
+    p.add_argument("--format", default="png", help="png (one file per image, default), npz or grid")
+    p.add_argument("--batch", type=int, help="images per forward pass (default 64; an export's own batch)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0): image i depends on (seed, i) only")
+    p.add_argument("--checkpoint", help="a checkpoint file (default: the run's latest)")
+    p.add_argument("--from-export", dest="from_export", metavar="ARTIFACT",
+                   help="sample through an artifact of python -m engine.export (its directory)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--perf", default="fast", help="fast (default; the fast path on a GPU) or reference (eager fp32)")
+    p.add_argument("--lebm-steps", type=int, help="Langevin steps for --method lebm (default: the run's "
+                   "eval.lebm_steps)")
+    p.add_argument("--lebm-step-size", type=float, help="Langevin step size for --method lebm (default: the run's "
+                   "eval.lebm_step_size)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+@dataclass
+class _Plan:
+    run_dir: Path
+    ckpt: Path
+    method: str
+    out: Path
+    tag: str
+    batch: int
+    device: torch.device
+    image_shape: tuple[int, int, int]
+    lebm_steps: int
+    lebm_step_size: float
+    artifact: Path | None
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Every check that needs no network evaluation; raises ExportError with the fix."""
+    if args.format not in FORMATS:
+        raise ExportError(f"--format {args.format!r}: choose one of {', '.join(FORMATS)}")
+    if args.method is not None and args.method not in METHODS:
+        raise ExportError(f"--method {args.method!r}: choose one of {', '.join(METHODS)}")
+    if args.perf not in ("fast", "reference"):
+        raise ExportError(f"--perf {args.perf!r}: choose fast or reference")
+    if not 1 <= args.n <= MAX_N:
+        raise ExportError(f"--n {args.n}: must be between 1 and {MAX_N:,}")
+    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
+        raise ExportError(f"--batch {args.batch}: must be between 1 and {MAX_BATCH}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ExportError(f"--seed {args.seed}: must be between 0 and 2**63 - 1")
+    if args.lebm_steps is not None and not 0 <= args.lebm_steps <= 100_000:
+        raise ExportError(f"--lebm-steps {args.lebm_steps}: must be between 0 and 100000")
+    if args.lebm_step_size is not None and not (math.isfinite(args.lebm_step_size) and args.lebm_step_size > 0):
+        raise ExportError(f"--lebm-step-size {args.lebm_step_size}: must be a finite number > 0")
+    if args.format == "grid" and args.n > MAX_GRID:
+        raise ExportError(f"--n {args.n}: one grid holds at most {MAX_GRID} images; use --format png or npz")
+    run_dir = Path(args.run_dir)
+    ckpt = resolve_checkpoint(run_dir, args.checkpoint)
+    state = checkpoint.load(ckpt)  # CheckpointError on a corrupt file: before anything is written
+    cfg = from_dict(state["config"])
+    damc_run = cfg.method == "damc"
+    if args.from_export and not damc_run:
+        raise ExportError(f"--from-export: {run_dir} is an LEBM run (no amortizer); pass the DAMC run the artifact "
+                          "was exported from")
+    method = args.method or ("damc" if damc_run or args.from_export else "lebm")
+    if method == "damc" and not damc_run:
+        raise ExportError(f"--method damc: {run_dir} is an LEBM run (no amortizer); use --method lebm")
+    shape = IMAGE_SHAPES[cfg.model.arch]
+    batch = args.batch or 64
+    artifact = None
+    tag = method
+    device = resolve_device(args.device)
+    if args.from_export:
+        if method != "damc":
+            raise ExportError("--from-export samples an exported DAMC prior sampler; drop --method lebm")
+        artifact = Path(args.from_export)
+        _, sidecar = read_sidecar(artifact)
+        if args.batch is not None and args.batch > sidecar.batch:
+            raise ExportError(f"--batch {args.batch}: the artifact's static batch is {sidecar.batch}; omit --batch")
+        r = sidecar.run
+        if (prior_weights_hash(state["amortizer"], state["generator"]) != r.get("weights_sha256")
+                or sidecar.n_steps != cfg.diffusion.n_steps):
+            raise ExportError(f"--from-export {artifact} was exported from {r.get('run_dir')}/{r.get('checkpoint')} "
+                              f"(iteration {r.get('iteration')}), not from {ckpt}; pass that --checkpoint or export "
+                              "this one")
+        check_loadable(sidecar, device)
+        batch = args.batch or sidecar.batch
+        tag = f"export-{sidecar.format}"
+    if args.format == "npz" and args.n * math.prod(shape) > MAX_NPZ_BYTES:
+        raise ExportError(f"--n {args.n}: {args.n * math.prod(shape) / 2**30:.1f} GiB of uint8 images is too much "
+                          "for one .npz in memory; use --format png")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory; choose a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
+    per_image = math.prod(shape) + 200  # PNG: pixels plus header, an upper bound for these small images
+    check_writable(out, "--out", need_bytes=args.n * per_image if args.format != "grid" else 0)
+    del state
+    lebm_steps = args.lebm_steps if args.lebm_steps is not None else cfg.eval.lebm_steps
+    lebm_s = args.lebm_step_size if args.lebm_step_size is not None else cfg.eval.lebm_step_size
+    return _Plan(run_dir, ckpt, method, out, f"{tag}_s{args.seed}", min(batch, args.n), device, shape, lebm_steps,
+                 lebm_s, artifact)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _use_fast_path(learner: Learner, device: torch.device, mode: str) -> str:
+    """Install the fast chains on a GPU (``--perf fast``); returns how the draws run, for the manifest."""
+    if device.type != "cuda" or mode == "reference":
+        return "reference (eager fp32)"
+    plan, note = perf.resolve(dataclasses.replace(learner.cfg.perf, preset="fast"), device)
+    if note:
+        _say(note)
+    system.apply_perf(plan, device)
+    learner.chains = build_chains(learner, plan)
+    return plan.describe()
+
+
+def _damc_batch(learner: Learner, stream: NoiseStream, b: int, sampler: ArtifactSampler | None) -> Tensor:
+    noise = prior_noise(stream, b)
+    if sampler is not None:
+        return sampler.images(noise)
+    noise = noise.to(learner.device)
+    amortizer, chains = learner.nets.amortizer, learner.chains
+    assert amortizer is not None
+    with torch.no_grad():
+        if isinstance(chains, FastChains):
+            z = chains.uncond_draw(amortizer, b, noise=noise.eps, z_init=noise.z, xi=noise.xi)
+            with chains.autocast():
+                return learner.nets.generator(z).float()
+        z = prior_latents(amortizer, learner.table, noise, with_noise=learner.cfg.diffusion.sampler_noise)
+        return decode(learner.nets.generator, z)
+
+
+def _lebm_batch(learner: Learner, stream: NoiseStream, b: int, n_steps: int, step_size: float) -> Tensor:
+    z0, eps = (t.to(learner.device) for t in langevin_noise(stream, b))
+    chains = learner.chains
+    if isinstance(chains, FastChains):
+        z = chains.prior(z0, n_steps=n_steps, step_size=step_size, with_noise=True, noise=eps)
+        with torch.no_grad(), chains.autocast():
+            return learner.nets.generator(z).float()
+    energy = prior_energy(learner.nets.energy)
+    z = langevin_chain(z0, lambda zz: energy_grad(energy, zz), n_steps, step_size, noise=eps)
+    with torch.no_grad():
+        return decode(learner.nets.generator, z)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """(C, H, W) uint8 -> PNG bytes (grey "L" for one channel, else RGB)."""
+    from PIL import Image
+
+    hwc = image.transpose(1, 2, 0)
+    img = Image.fromarray(np.ascontiguousarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def sample(args: argparse.Namespace) -> dict[str, Any]:
+    """Draw and write the images; returns the manifest (also written next to them)."""
+    plan = _plan(args)
+    learner = checkpoint.load_run(plan.run_dir, plan.device, plan.ckpt)
+    sampler = None
+    if plan.artifact is not None:
+        sampler = load_artifact(plan.artifact, plan.device)
+        path = f"export: {sampler.sidecar.format} {sampler.sidecar.structure}, {sampler.sidecar.precision}"
+    else:
+        path = _use_fast_path(learner, plan.device, args.perf)
+    learner.nets.generator.eval()
+    nz = learner.cfg.model.nz
+    width = learner.table.n_steps + 1 if plan.method == "damc" else 1 + plan.lebm_steps
+    stream = NoiseStream(args.seed, nz, width)
+    n, fmt = args.n, args.format
+    digits = max(6, len(str(n - 1)))
+    kept: list[np.ndarray] = []
+    files: list[str] = []
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="img", desc=f"{plan.tag} ({path.split(':')[0]})", dynamic_ncols=True, file=sys.stderr)
+    t0 = time.perf_counter()
+    done = 0
+    try:
+        while done < n:
+            b = min(plan.batch, n - done)
+            if plan.method == "damc":
+                images = _damc_batch(learner, stream, b, sampler)
+            else:
+                images = _lebm_batch(learner, stream, b, plan.lebm_steps, plan.lebm_step_size)
+            u8 = to_uint8(images)  # (b, C, H, W); the one device->host copy per batch
+            if fmt == "png":
+                for i in range(b):
+                    name = f"{plan.tag}_{done + i:0{digits}d}.png"
+                    _write_bytes(plan.out / name, _png_bytes(u8[i]))
+                    files.append(name)
+            else:
+                kept.append(u8)
+            done += b
+            if bar is not None:
+                bar.update(b)
+    except KeyboardInterrupt:
+        kept_note = f"the {len(files)} PNG files written are complete" if fmt == "png" else "nothing was written"
+        raise Interrupted(f"interrupted after {done} of {n} images; {kept_note}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    if fmt == "npz":
+        name = f"{plan.tag}.npz"
+        stacked = np.concatenate(kept).transpose(0, 2, 3, 1)  # (N, H, W, C)
+        atomic_write(plan.out / name, lambda f: np.savez(f, images=stacked))
+        files.append(name)
+    elif fmt == "grid":
+        name = f"{plan.tag}_grid.png"
+        h = plan.image_shape[1]
+        grid = torch.from_numpy(np.concatenate(kept)).float() / 127.5 - 1.0
+        save_grid(grid, plan.out / name, scale=max(1, 32 // h), pad_value=128)
+        files.append(name)
+    manifest: dict[str, Any] = {
+        "engine_version": engine.__version__, "run_dir": str(plan.run_dir), "checkpoint": plan.ckpt.name,
+        "iteration": learner.iteration, "method": plan.method, "n": n, "batch": plan.batch, "seed": args.seed,
+        "device": plan.device.type, "path": path, "format": fmt, "image_shape": list(plan.image_shape),
+        "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1),
+        "files": files if len(files) <= 4 else [files[0], "...", files[-1]],
+        "noise": "engine/export/noise.py: torch.Generator(cpu).manual_seed(seed), one randn per sample",
+    }
+    if plan.method == "lebm":
+        manifest.update(lebm_steps=plan.lebm_steps, lebm_step_size=plan.lebm_step_size)
+    if plan.artifact is not None:
+        manifest["artifact"] = str(plan.artifact)
+    if sampler is not None and sampler.note:
+        manifest["note"] = sampler.note
+    atomic_write(plan.out / f"{plan.tag}.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    _say(f"wrote {n} {plan.method.upper()} images ({path}) to {plan.out} as {fmt} in {seconds:.1f} s")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        sample(args)
+    except (ExportError, CheckpointError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
+    return 0
