@@ -395,8 +395,7 @@ class FastChains:
         coeffs, ks = self._sampler_step.tables(table)
         gates, biases = [g for g, _ in ctx], [b for _, b in ctx]
         for k in range(table.n_steps):
-            y = self._trunk(z, packed.fourier_b, packed.w_ls, packed.b_ls, [g[k] for g in gates[:6]],
-                            [b[k] for b in biases[:6]])
+            y = self._trunk(z, ks[k], packed.fourier_b, packed.w_ls, packed.b_ls, gates[:6], biases[:6])
             z = self._epilogue(z, y, gates[6][k], biases[6][k], coeffs, ks[k], noise[k], packed.residual)
         return z
 

@@ -83,11 +83,15 @@ def draw_context(unet: LatentUNet, logsnr: Tensor, xemb: Tensor, dtype: torch.dt
     return out
 
 
-def unet_trunk(z: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], b_ls: Sequence[Tensor], gates: Sequence[Tensor],
-               biases: Sequence[Tensor]) -> Tensor:
-    """One step up to the last block's merged GEMM: z (B, nz) fp32, a :class:`PackedUNet`'s fields, and the step's
-    gate/bias (B, out) of the first six blocks -> y (B, 2·nz) = [layer(h) | skip(h)] of the last block, in the
-    packed dtype. Flat tensor arguments, so that one ``torch.compile`` serves every step."""
+def unet_trunk(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], b_ls: Sequence[Tensor],
+               gates: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
+    """One step up to the last block's merged GEMM: z (B, nz) fp32, the step k () int64, a :class:`PackedUNet`'s
+    fields, and the first six blocks' context (T, B, out) -> y (B, 2·nz) = [layer(h) | skip(h)] of the last block,
+    in the packed dtype. Step k's gate and bias rows are gathered on the device: the arguments are the same tensors
+    for every step, so one ``torch.compile`` serves all T steps (a Python int k would recompile per step)."""
+    row = k.reshape(1)
+    g = [t.index_select(0, row)[0] for t in gates]  # (B, out) each
+    bb = [t.index_select(0, row)[0] for t in biases]
     dtype = w_ls[0].dtype
     zb = 2 * math.pi * (z.float() @ fourier_b)  # (B, nz//2): phases O(10) rad, fp32 (spec §1.4 note)
     h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1).to(dtype)
@@ -95,7 +99,7 @@ def unet_trunk(z: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], b_ls: Seque
     def block(i: int, hh: Tensor) -> Tensor:
         y = F.linear(hh, w_ls[i], b_ls[i])  # (B, 2·out)
         n = y.shape[1] // 2
-        return y[:, :n] * gates[i] + biases[i] + y[:, n:]
+        return y[:, :n] * g[i] + bb[i] + y[:, n:]
 
     skips: list[Tensor] = []
     for i in range(3):
