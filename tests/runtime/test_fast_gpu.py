@@ -38,7 +38,10 @@ def _fresh_dynamo() -> Any:
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-BASE = ["train.batch_size=32", "diffusion.ema_every=2", "optim.lr_decay_every=3"]
+# torch.compile off except where a test says so: Inductor's first compile of each step function costs tens of
+# seconds, and gpu_all.sh has minutes for every GPU test and the whole benchmark.
+BASE = ["train.batch_size=32", "diffusion.ema_every=2", "optim.lr_decay_every=3", 'perf.compile="off"']
+COMPILE = 'perf.compile="on"'
 
 
 def make(*extra: str, seed: int = 0, chains: bool = True) -> Learner:
@@ -85,8 +88,8 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 0.0)
 def test_captured_amortizer_updates_match_eager_and_warmup_leaves_no_trace() -> None:
     """One graph for the M updates (fused capturable AdamW, noise from the run's generator through the proxy) against
     the same updates eager: same noise (same Philox positions), same weights; the capture's warm-up runs undone."""
-    a = make("perf.iteration_graph=off")
-    b = make("perf.iteration_graph=off", "perf.graphs=off")
+    a = make('perf.iteration_graph="off"')
+    b = make('perf.iteration_graph="off"', 'perf.graphs="off"')
     g = torch.Generator().manual_seed(3)
     x = batch(0)
     z = torch.randn(32, a.cfg.model.nz, generator=g).to(DEV)
@@ -100,7 +103,7 @@ def test_captured_amortizer_updates_match_eager_and_warmup_leaves_no_trace() -> 
 
 
 def test_iteration_graph_matches_per_loop_graphs() -> None:
-    a, b = make(), make("perf.iteration_graph=off")
+    a, b = make(), make('perf.iteration_graph="off"')
     assert isinstance(a.chains, FastChains) and a.chains.plan.iteration_graph
     oa, ob = run(a, 0, 4), run(b, 0, 4)
     assert oa.keys() == ob.keys()
@@ -111,7 +114,7 @@ def test_iteration_graph_matches_per_loop_graphs() -> None:
 
 
 def test_side_streams_match_one_stream() -> None:
-    a, b = make("perf.side_streams=on"), make()
+    a, b = make('perf.side_streams="on"'), make()
     oa, ob = run(a, 0, 3), run(b, 0, 3)
     for k in oa:
         torch.testing.assert_close(oa[k], ob[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -136,14 +139,14 @@ def _save(learner: Learner) -> dict[str, Any]:
 
 
 def test_stop_and_resume_equals_the_straight_run_bitwise() -> None:
-    """Fast path, whole-iteration graph: 6 iterations straight (LR decays at 3 and 6, EMA every 2) against 3,
-    a checkpoint, a fresh process-like learner restored from it, 3 more. Bit for bit."""
-    straight = make()
+    """The fast path as it trains (compiled, whole-iteration graph): 6 iterations straight (LR decays at 3 and 6,
+    EMA every 2) against 3, a checkpoint, a fresh learner restored from it, 3 more. Bit for bit."""
+    straight = make(COMPILE)
     out_a = run(straight, 0, 6)
-    first = make()
+    first = make(COMPILE)
     run(first, 0, 3)
     state = _save(first)
-    resumed = make(seed=99, chains=False)  # different init: everything must come from the checkpoint
+    resumed = make(COMPILE, seed=99, chains=False)  # different init: everything must come from the checkpoint
     checkpoint.restore(resumed, _Stream(), state)  # type: ignore[arg-type]
     attach(resumed)  # as engine.run.train: chains after the restore
     out_b = run(resumed, 3, 6)
@@ -202,7 +205,7 @@ def test_evaluation_draws_leave_the_training_stream_alone_and_never_sync() -> No
     again = damc_prior_images(learner, 16, system.make_generator(DEV, 5))
     assert torch.equal(again, a)  # ...reproducibly from its seed
     # The graph moved the caller's generator exactly as the eager draws do.
-    eager = make("perf.graphs=off", "perf.iteration_graph=off")
+    eager = make('perf.graphs="off"', 'perf.iteration_graph="off"')
     eager.nets.amortizer.load_state_dict(learner.nets.amortizer.state_dict())
     eager.nets.generator.load_state_dict(learner.nets.generator.state_dict())
     r1, r2 = system.make_generator(DEV, 5), system.make_generator(DEV, 5)
@@ -229,7 +232,7 @@ def test_hoisted_bf16_sampler_in_a_graph_is_within_bf16_of_the_reference() -> No
 
 @pytest.mark.parametrize("last", ["convt", "convt_pad", "conv_pad"])
 def test_generator_rewrites_under_bf16_and_channels_last(last: str) -> None:
-    learner = make("perf.g_gemm_first=on", f"perf.g_last={last}")
+    learner = make('perf.g_gemm_first="on"', f'perf.g_last="{last}"')
     chains = learner.chains
     assert isinstance(chains, FastChains) and chains.plan.channels_last
     z = torch.randn(32, learner.cfg.model.nz, device=DEV)
