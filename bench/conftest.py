@@ -11,6 +11,7 @@ on CPU it uses tiny sizes and only checks that everything runs. Environment over
 from __future__ import annotations
 
 import gc
+import json
 import os
 import statistics
 import sys
@@ -183,6 +184,22 @@ def _isolate(device: torch.device) -> Iterator[None]:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@pytest.fixture(autouse=True)
+def _stream_result(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With ``DAMC_BENCH_STREAM=path.jsonl``, append each finished benchmark to that file at once, one JSON object
+    per line (pytest-benchmark's own record). pytest-benchmark writes its JSON only when the session ends, so a
+    run killed by a time limit (bench/gpu_all.sh) would otherwise lose every measurement it had made."""
+    yield
+    path = os.environ.get("DAMC_BENCH_STREAM", "").strip()
+    bench = request.node.funcargs.get("benchmark") if hasattr(request.node, "funcargs") else None
+    meta = getattr(bench, "stats", None)
+    if not path or meta is None or not getattr(meta.stats, "data", None):
+        return
+    record = meta.as_dict(include_data=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------

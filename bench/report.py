@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -338,7 +339,7 @@ def render(result: Mapping[str, Any]) -> str:
         "and optimizer state included. Set-up: building the phase plus the warm-up calls (compilation, graph "
         "capture, autotuning). TFLOP/s: the posterior chain's FLOPs counted from the architecture "
         "(G + E forward and input gradient, bench/flops.py) / its median time. Sampling rows call the engine's "
-        "sampling functions (`damc_prior_latents`, `lebm_prior_latents`, `reconstruct`); the fast "
+        "sampling functions (`damc_prior_images`, `lebm_prior_latents`, `reconstruct`); the fast "
         "configuration speeds them up only as far as those functions use it.",
     ]
     ema_every = next((r.get("epoch_includes_ema_every") for r in result["rows"] if r.get("epoch_includes_ema_every")),
@@ -389,15 +390,26 @@ def write_result(result: Mapping[str, Any], table: str, out_dir: Path, *, allow_
 # CLI
 
 
+def read_run(path: Path) -> dict[str, Any]:
+    """A pytest-benchmark JSON document, or a ``.jsonl`` stream of its benchmark records (``DAMC_BENCH_STREAM``,
+    bench/conftest.py: what a run killed by a time limit had finished), wrapped as one."""
+    if path.suffix == ".jsonl":
+        benches = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat()
+        return {"benchmarks": benches, "datetime": when, "commit_info": {}}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def merge(data: dict[str, Any], paths: Sequence[Path]) -> dict[str, Any]:
-    """``data`` with the benchmarks of each JSON in ``paths`` appended (files that do not exist are skipped: a
-    stage that timed out writes none)."""
+    """``data`` with the benchmarks of each JSON / JSONL in ``paths`` appended (files that do not exist are skipped:
+    a stage that timed out before its first benchmark writes none)."""
     benches = list(data.get("benchmarks", []))
     for path in paths:
         if not path.is_file():
             print(f"bench.report: {path} not found; its benchmarks are not in this report", file=sys.stderr)
             continue
-        benches += json.loads(path.read_text()).get("benchmarks", [])
+        benches += read_run(path).get("benchmarks", [])
     return {**data, "benchmarks": benches}
 
 
@@ -416,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("--")
         argv, pytest_args = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--from-json", type=Path, help="assemble from an existing pytest-benchmark JSON, run nothing")
+    ap.add_argument("--from-json", type=Path,
+                    help="assemble from an existing pytest-benchmark JSON (or a DAMC_BENCH_STREAM .jsonl), run nothing")
     ap.add_argument("--merge-json", type=Path, action="append", default=[],
                     help="add the benchmarks of another pytest-benchmark JSON of the same run (e.g. the variants, "
                          "run as a separate stage); a missing file is skipped with a note")
@@ -428,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.from_json is not None:
-            data = json.loads(args.from_json.read_text())
+            data = read_run(args.from_json)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "bench.json"

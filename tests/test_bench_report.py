@@ -369,3 +369,14 @@ def test_every_variant_builds_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
                 fn()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_streamed_run_is_read_like_its_json(tmp_path: Path) -> None:
+    """bench/gpu_all.sh streams each finished benchmark to a .jsonl (a stage killed by its time limit writes no
+    JSON); the report reads the stream as it reads pytest-benchmark's document."""
+    doc = _doc()
+    stream = tmp_path / "main.jsonl"
+    stream.write_text("".join(json.dumps(b) + "\n" for b in doc["benchmarks"]))
+    data = report.read_run(stream)
+    assert data["benchmarks"] == doc["benchmarks"] and data["datetime"]
+    assert report.assemble(data)["kind"] == "measured"
