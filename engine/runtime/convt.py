@@ -47,7 +47,7 @@ def convt_first_as_gemm(z: Tensor, layer: nn.ConvTranspose2d) -> Tensor:
     else:
         y = (z @ w.reshape(ci, co * kh * kw)).view(-1, co, kh, kw)
     if layer.bias is not None:
-        y = y + layer.bias[None, :, None, None]
+        y = y + layer.bias.to(y.dtype)[None, :, None, None]  # under autocast y is bf16: keep it so
     if p != (0, 0):
         y = y[:, :, p[0]:kh - p[0], p[1]:kw - p[1]]  # a 1×1 input's transposed conv, cropped by the padding
     return y
