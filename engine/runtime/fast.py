@@ -147,9 +147,12 @@ class FastChains:
                 if q is not None:
                     q.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if plan.fused_optim:
+            # G's LR stays a float: engine.run.train logs `opt_g.param_groups[0]["lr"]` into JSON as it is. The
+            # iteration graph bakes it in and is captured again when it decays (every lr_decay_every iterations).
             for opt in (learner.opt_g, learner.opt_e, learner.opt_q):
                 if opt is not None:
-                    make_capturable(opt, self.device, on_load=self.invalidate_graphs)
+                    make_capturable(opt, self.device, on_load=self.invalidate_graphs,
+                                    device_lr=opt is not learner.opt_g)
         self._g: Callable[[Tensor], Tensor] = functools.partial(
             generator_forward, nets.generator, gemm_first=plan.g_gemm_first, last=_last(plan.g_last))
         # Compile the energies (forward; AOTAutograd compiles their backward) and keep autograd.grad and the update

@@ -9,10 +9,11 @@ loop of :class:`~engine.runtime.fast.FastChains` runs inline instead of replayin
 
 * randomness: the body draws only from the run's generator ``learner.rng``, registered with the graph (every
   replay advances its Philox offset; checkpoints save it, so resume stays exact);
-* optimizer steps without host work: fused, capturable Adam/AdamW with device learning rates (``fused_optim``);
-  the closed-form LR schedule writes those tensors between replays. A float LR (``fused_optim`` off for one
-  optimizer) is baked into the graph, so it is part of the capture key: the graph is captured again when it
-  changes (every 1,000 iterations until the floor);
+* optimizer steps without host work: fused, capturable Adam/AdamW (``fused_optim``); E's and Q's learning rates
+  are device tensors that the closed-form LR schedule writes between replays. G's stays a Python float, because
+  ``engine.run.train`` writes it into the JSON log as it is; a float LR is baked into the graph, so the host-side
+  LRs are part of the capture key and the graph is captured again when they decay (every ``lr_decay_every``
+  iterations until the floor: a few seconds per 1,000 iterations);
 * warm-up runs are real training steps: parameters, optimizer state and the generators are saved before and
   restored after them (:class:`~engine.runtime.updates.StateSnapshot`), so the first replay is the first update;
 * an optimizer's ``load_state_dict`` (resume, divergence rollback) replaces its state tensors: the

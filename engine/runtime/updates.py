@@ -158,18 +158,22 @@ _FAST_FLAGS = {"fused": True, "capturable": True, "foreach": None}
 _REFERENCE_FLAGS = {"fused": None, "capturable": False, "foreach": None}
 
 
-def _install(opt: torch.optim.Optimizer, device: torch.device) -> None:
-    """Fused + capturable flags, the LR as a 0-d fp32 device tensor (kept per group), ``step`` on the device."""
+def _install(opt: torch.optim.Optimizer, device: torch.device, device_lr: bool) -> None:
+    """Fused + capturable flags, ``step`` on the device, and the LR as a 0-d fp32 device tensor kept per group (or a
+    float when ``device_lr`` is off)."""
     for group in opt.param_groups:
         group.update(_FAST_FLAGS)
         lr = group["lr"]
         value = float(lr.item()) if isinstance(lr, Tensor) else float(lr)  # a CPU value here (load / first call)
-        owned = group.get("_device_lr")
-        if not isinstance(owned, Tensor):
-            owned = torch.zeros((), dtype=torch.float32, device=device)
-            group["_device_lr"] = owned
-        owned.fill_(value)
-        group["lr"] = owned
+        if device_lr:
+            owned = group.get("_device_lr")
+            if not isinstance(owned, Tensor):
+                owned = torch.zeros((), dtype=torch.float32, device=device)
+                group["_device_lr"] = owned
+            owned.fill_(value)
+            group["lr"] = owned
+        else:
+            group["lr"] = value
         for p in group["params"]:
             st = opt.state.get(p)
             if st and isinstance(st.get("step"), Tensor):
@@ -194,24 +198,26 @@ def _reference_state_dict(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> dic
     return {**sd, "param_groups": groups, "state": state}
 
 
-def make_capturable(opt: torch.optim.Optimizer, device: torch.device,
-                    on_load: Callable[[], None] | None = None) -> torch.optim.Optimizer:
+def make_capturable(opt: torch.optim.Optimizer, device: torch.device, on_load: Callable[[], None] | None = None,
+                    device_lr: bool = True) -> torch.optim.Optimizer:
     """Turn an Adam/AdamW into the fused, capturable implementation with a device LR, in place (same object).
 
     ``torch.optim``'s fused kernels run the whole update of every parameter in a few launches and read the LR from
     device memory when it is a tensor (fp32 on CUDA); with ``capturable`` set, ``step`` lives on the device and
     the optimizer passes the capture health check. ``on_load`` is called after every ``load_state_dict``: the state
-    tensors are new objects then, so anything captured over the old ones must be captured again.
+    tensors are new objects then, so anything captured over the old ones must be captured again. With
+    ``device_lr`` off the LR stays a Python float (a graph then bakes it in, and must be captured again when it
+    changes).
     """
     if not isinstance(opt, torch.optim.Adam):
         raise TypeError(f"make_capturable: expected Adam/AdamW, got {type(opt).__name__}")
     if getattr(opt, "_damc_capturable", False):
         return opt
-    _install(opt, device)
+    _install(opt, device, device_lr)
     opt.defaults.update(_FAST_FLAGS)
 
     def after_load(o: torch.optim.Optimizer) -> None:
-        _install(o, device)
+        _install(o, device, device_lr)
         if on_load is not None:
             on_load()
 

@@ -66,8 +66,8 @@ def fake_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeGraph.captures = 0
 
 
-def make(plan: PerfPlan, seed: int = 0) -> Learner:
-    cfg = load_config("configs/quickstart.yaml", TINY)
+def make(plan: PerfPlan, seed: int = 0, *extra: str) -> Learner:
+    cfg = load_config("configs/quickstart.yaml", [*TINY, *extra])
     system.seed_init(seed)
     learner = build_learner(cfg, torch.device("cpu"), system.make_generator(torch.device("cpu"), seed))
     learner.chains = FastChains(learner, plan)
@@ -107,16 +107,18 @@ def test_captured_paths_equal_the_eager_fast_path_bitwise(plan: PerfPlan) -> Non
         assert outs[0].keys() == outs[1].keys()
         assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0]), i
     assert_bitwise(state(captured), state(eager))
-    assert FakeGraph.captures == (1 if plan.iteration_graph else 4)  # iteration | draw, 2 chains, Q updates
+    # per loop: draw, 2 chains, Q updates; the iteration: once per value of G's float LR (decays after 2 and 4)
+    assert FakeGraph.captures == (3 if plan.iteration_graph else 4)
 
 
 def test_the_iteration_graph_is_captured_once_and_dropped_by_load_state_dict() -> None:
-    learner = make(PerfPlan(graphs=True, iteration_graph=True, fused_optim=True))
-    eager = make(PerfPlan(fused_optim=True))
+    plan = PerfPlan(graphs=True, iteration_graph=True, fused_optim=True)
+    learner, eager = make(plan, 0, "optim.lr_decay_every=1000"), make(PerfPlan(fused_optim=True), 0,
+                                                                     "optim.lr_decay_every=1000")
     for i in range(3):
         train_step(learner, batch(i))
         train_step(eager, batch(i))
-    assert FakeGraph.captures == 1  # device LRs: two decays, no re-capture
+    assert FakeGraph.captures == 1
     # A divergence rollback: load an earlier state into the live learner (and the same into the eager twin).
     saved = {"q": learner.opt_q.state_dict(), "g": learner.opt_g.state_dict(), "e": learner.opt_e.state_dict()}
     twin = {"q": eager.opt_q.state_dict(), "g": eager.opt_g.state_dict(), "e": eager.opt_e.state_dict()}
@@ -134,14 +136,21 @@ def test_the_iteration_graph_is_captured_once_and_dropped_by_load_state_dict() -
     assert_bitwise(state(learner), state(eager))
 
 
-def test_a_float_learning_rate_is_part_of_the_capture_key() -> None:
-    """Without fused_optim the LR is a Python float baked into the graph: a decay must capture again."""
-    learner = make(PerfPlan(graphs=True, iteration_graph=True))
+def test_only_a_float_learning_rate_is_part_of_the_capture_key() -> None:
+    """E's and Q's LRs are device tensors written in place: no re-capture. G's is a float (the training log reads
+    it), baked into the graph: a decay captures again, and only one graph is kept."""
+    learner = make(PerfPlan(graphs=True, iteration_graph=True, fused_optim=True))
+    lrs = [learner.opt_e.param_groups[0]["lr"], learner.opt_q.param_groups[0]["lr"]]
     train_step(learner, batch(0))
-    train_step(learner, batch(1))  # completes iteration 2: the LR decays after it
+    train_step(learner, batch(1))  # completes iteration 2: the LRs decay after it
     assert FakeGraph.captures == 1
     train_step(learner, batch(2))
     assert FakeGraph.captures == 2 and len(learner.chains._iteration._entries) == 1
+    assert [learner.opt_e.param_groups[0]["lr"], learner.opt_q.param_groups[0]["lr"]] == lrs
+    learner = make(PerfPlan(graphs=True, iteration_graph=True))  # no fused optimizers: every LR a float
+    for i in range(3):
+        train_step(learner, batch(i))
+    assert FakeGraph.captures == 4
 
 
 def test_captured_evaluation_draws_use_only_the_callers_generator() -> None:

@@ -175,13 +175,16 @@ def test_rollback_into_live_graphs_recaptures_and_stays_exact() -> None:
     assert_same(weights(straight), weights(live))
 
 
-def test_one_capture_serves_every_learning_rate() -> None:
+def test_lr_decay_recaptures_only_for_gs_float_lr() -> None:
     learner = make("optim.lr_decay_every=2")
-    run(learner, 0, 1)
     assert isinstance(learner.chains, FastChains)
-    entries = dict(learner.chains._iteration._entries)
-    run(learner, 1, 5)  # two LR decays: device tensors written in place, no re-capture
-    assert dict(learner.chains._iteration._entries) == entries
+    lrs = [learner.opt_e.param_groups[0]["lr"], learner.opt_q.param_groups[0]["lr"]]
+    keys = []
+    for i in range(5):  # LRs decay after iterations 2 and 4
+        run(learner, i, i + 1)
+        keys.append(next(iter(learner.chains._iteration._entries)))
+    assert len(set(keys)) == 3 and len(learner.chains._iteration._entries) == 1  # one graph kept at a time
+    assert [learner.opt_e.param_groups[0]["lr"], learner.opt_q.param_groups[0]["lr"]] == lrs  # written in place
 
 
 def test_evaluation_draws_leave_the_training_stream_alone_and_never_sync() -> None:
