@@ -11,7 +11,9 @@ on CPU it uses tiny sizes and only checks that everything runs. Environment over
 from __future__ import annotations
 
 import gc
+import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -61,36 +63,52 @@ def plan(device: torch.device, heavy: bool = False) -> tuple[int, int]:
 
 def measure(benchmark: Any, fn: Callable[[], object], device: torch.device, *, rounds: int,
             warmup: int) -> dict[str, Any]:
-    """Time ``fn`` with pytest-benchmark; returns warm-up time and peak memory for ``extra_info``.
+    """Time ``fn`` with pytest-benchmark; returns warm-up time, GPU time and peak memory for ``extra_info``.
 
     Every call ends with a device synchronize, because pytest-benchmark reads ``time.perf_counter``
     and would otherwise time the kernel launches only. The first ``warmup`` calls (compilation,
     graph capture, autotuning, cuDNN/lazy-module initialisation) run through pedantic's warm-up
     rounds, which pytest-benchmark leaves out of its statistics; we time them ourselves so the warm-up
-    cost is reported on its own.
+    cost is reported on its own. On CUDA each call is also bracketed by two CUDA events on the current
+    stream: the GPU's own elapsed time (``gpu_s``, median of the timed rounds) beside the wall time. The two
+    differ by the host's launch latency before the first kernel and the final synchronize; for a phase whose
+    GPU idles between host launches (launch-bound), the events include that idle time.
     """
     durations: list[float] = []
+    gpu: list[float] = []
+    cuda = device.type == "cuda"
 
     def timed() -> None:
+        start = end = None
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
         t0 = time.perf_counter()
         fn()
+        if start is not None and end is not None:
+            end.record()
         sync(device)
         durations.append(time.perf_counter() - t0)
+        if start is not None and end is not None:
+            gpu.append(start.elapsed_time(end) / 1e3)
 
     resident = None
-    if device.type == "cuda":
+    if cuda:
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device)
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    timed_gpu = gpu[warmup:]
     out: dict[str, Any] = {
         "warmup_calls": warmup,
         "warmup_s": sum(durations[:warmup]),
         "first_call_s": durations[0] if durations else None,
+        "gpu_s": statistics.median(timed_gpu) if timed_gpu else None,
+        "gpu_data_s": timed_gpu,
         "peak_mem_bytes": None,
         "resident_mem_bytes": resident,
     }
-    if device.type == "cuda":
+    if cuda:
         # Peak over warm-up and timed rounds, including the resident weights and optimizer state.
         out["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return out
@@ -166,6 +184,22 @@ def _isolate(device: torch.device) -> Iterator[None]:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@pytest.fixture(autouse=True)
+def _stream_result(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With ``DAMC_BENCH_STREAM=path.jsonl``, append each finished benchmark to that file at once, one JSON object
+    per line (pytest-benchmark's own record). pytest-benchmark writes its JSON only when the session ends, so a
+    run killed by a time limit (bench/gpu_all.sh) would otherwise lose every measurement it had made."""
+    yield
+    path = os.environ.get("DAMC_BENCH_STREAM", "").strip()
+    bench = request.node.funcargs.get("benchmark") if hasattr(request.node, "funcargs") else None
+    meta = getattr(bench, "stats", None)
+    if not path or meta is None or not getattr(meta.stats, "data", None):
+        return
+    record = meta.as_dict(include_data=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,39 +1,78 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one call (for a lent GPU machine with ~30 minutes of device time).
-#   bash bench/gpu_all.sh            # results under $OUT (the device tool's output folder) or bench/results/gpu-run
-#   bash bench/gpu_all.sh tests      # only stages 1-2; `bench` for 1 and 3 (split over two calls if one call's
-#                                    # 10-minute limit is too short for all of it)
-# 1. environment (GPU model, torch / triton / CUDA versions)
-# 2. the GPU tests: CUDA-graph equivalence and fresh noise, no host syncs in the fast iteration, the
-#    200-iteration reference-vs-fast loss curves, the Triton kernels on the real device
-# 3. the benchmark suite at the paper's sizes, reference and fast side by side, and the report table
-#    (bench/results/<gpu>.json / .md, copied to $OUT)
-# Each stage runs even if an earlier one failed; the exit code is non-zero if any did.
+# Every GPU check and the benchmark at the paper's sizes in ONE call of at most 8 minutes (issue 14).
+#
+#   DAMC_COMMIT=<commit>[+dirty] bash bench/gpu_all.sh [all|tests|bench]
+#
+# Set DAMC_COMMIT where the tree is checked out, e.g. `git rev-parse --short HEAD` plus "+dirty" if
+# `git status --porcelain` is not empty, and pass the literal value: the measuring machine gets a copy of the
+# working tree whose git metadata may name another commit (the first H100 run's did). The report records it.
+#
+# Stages run in order, each under its own time limit (`timeout`); a stage that runs out is killed and reported,
+# and the later stages still run. The limits keep the whole call under DAMC_GPU_BUDGET_S (default 450 s), leaving
+# time for the benchmark and the report whatever the tests do:
+#   env             environment: GPU model, torch / triton / CUDA versions, nvidia-smi
+#   gpu_tests       pytest -m gpu tests/: CUDA graphs, the whole-iteration graph, side streams, exact resume and
+#                   rollback on the fast path, evaluation draws on their own generator, no host syncs, the
+#                   200-iteration reference-vs-fast loss curves                                       (≤ 150 s)
+#   kernel_tests    tests/kernels on the device (compiled Triton, not the interpreter)               (≤ 60 s)
+#   bench_main      bench/bench_phases.py + bench_device.py: every phase, reference and fast side by side, the
+#                   bf16 matmul rate; wall and CUDA-event GPU time -> $OUT/bench_main.json (+ .jsonl)  (≤ 210 s)
+#   profile         python -m bench.profile: one call of the posterior chain, the Q updates and the prior
+#                   sampling under torch.profiler, kernels by GPU time -> $OUT/profile_*.txt          (≤ 90 s)
+#   bench_variants  bench/bench_variants.py: the fast plan's open choices (U-Net fp32/bf16, hoisted sampler,
+#                   per-loop vs one graph, side streams, G's first/last layer, NCHW, cudnn limits), as long as
+#                   the budget allows; max-autotune only if DAMC_BENCH_MAX_AUTOTUNE=1 -> $OUT/bench_variants.jsonl
+#   report          python -m bench.report: bench/results/<gpu>.json and .md (copied to $OUT); a run cut short
+#                   is written as <gpu>.smoke.json / .md and says what is missing                    (≤ 25 s)
+# With `all`, the tests come first and the benchmark is guaranteed its time; the profile and the variants get what
+# is left (often nothing after slow tests): `bash bench/gpu_all.sh bench` in a second call gives them the budget.
+# The bench_kernels / bench_loaders rows of the first H100 run are not repeated (time); run them with
+# `pytest bench/bench_kernels.py bench/bench_loaders.py --benchmark-only` when there is time.
+# The exit code is non-zero if any stage failed or timed out.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu-run}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
-# The lent GPU image documents only `python3` (KINDS.md); use `python` where that is all there is.
+# The lent GPU image documents only `python3`; use `python` where that is all there is.
 PY=${PYTHON:-$(command -v python3 || command -v python)}
+BUDGET=${DAMC_GPU_BUDGET_S:-450}
 status=0
 WHAT=${1:-all}
 case $WHAT in all|tests|bench) ;; *) echo "usage: bash bench/gpu_all.sh [all|tests|bench] (got '$WHAT')" >&2; exit 2;; esac
-stage() {  # stage NAME CMD...: run, tee the log, remember a failure
-  local name=$1; shift
-  echo "=== $name: $*" | tee "$OUT/$name.log"
+if [ -z "${DAMC_COMMIT:-}" ]; then
+  DAMC_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)+unpinned"
+  echo "warning: DAMC_COMMIT not set; recording '$DAMC_COMMIT' (this copy's git metadata, maybe not the tree sent)" >&2
+fi
+export DAMC_COMMIT
+
+limit() {  # limit CAP RESERVE: seconds for a stage, at most CAP, leaving RESERVE for the stages after it
+  local left=$((BUDGET - SECONDS - $2))
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+stage() {  # stage NAME SECONDS CMD...: run under a time limit, log to $OUT/NAME.log, remember a failure
+  local name=$1 secs=$2; shift 2
+  if [ "$secs" -lt 10 ]; then
+    echo "=== $name: skipped (${secs} s left in the ${BUDGET} s budget; run it in another call)" | tee "$OUT/$name.log"
+    return
+  fi
+  echo "=== $name (limit ${secs} s): $*" | tee "$OUT/$name.log"
   local t0=$SECONDS
-  "$@" >> "$OUT/$name.log" 2>&1
+  timeout --signal=TERM --kill-after=10 "$secs" "$@" >> "$OUT/$name.log" 2>&1
   local rc=$?
-  echo "=== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
-  tail -n 25 "$OUT/$name.log"
+  local why=""
+  [ $rc -eq 124 ] && why=" (TIMED OUT)"
+  echo "=== $name: rc=$rc$why in $((SECONDS - t0)) s (total $SECONDS s)" | tee -a "$OUT/$name.log"
+  tail -n 30 "$OUT/$name.log"
   [ $rc -eq 0 ] || status=1
 }
-stage env "$PY" - <<'PY'
-import importlib, platform, torch
+
+stage env 30 "$PY" - <<'PY'
+import importlib, os, platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda)
 print("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+print("commit", os.environ.get("DAMC_COMMIT"))
 for m in ("triton", "numpy", "yaml", "tqdm", "PIL", "pytest_benchmark", "sklearn", "scipy"):
     try:
         print(m, getattr(importlib.import_module(m), "__version__", "?"))
@@ -41,12 +80,36 @@ for m in ("triton", "numpy", "yaml", "tqdm", "PIL", "pytest_benchmark", "sklearn
         print(m, "MISSING")
 PY
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if [ "$WHAT" != bench ]; then
-  stage gpu_tests "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
-  stage kernel_tests "$PY" -m pytest -q -p no:cacheprovider tests/kernels
+  reserve=0
+  [ "$WHAT" = all ] && reserve=240  # bench_main + report must still fit
+  stage gpu_tests "$(limit 150 $((reserve + 60)))" "${PYTEST[@]}" -m gpu --durations=15 tests/
+  stage kernel_tests "$(limit 60 "$reserve")" "${PYTEST[@]}" tests/kernels
 fi
 if [ "$WHAT" != tests ]; then
-  stage bench_report "$PY" -m bench.report --out bench/results
-  cp bench/results/*.json bench/results/*.md "$OUT"/ 2>/dev/null || true
+  # Each finished benchmark is also streamed to a .jsonl (bench/conftest.py): a stage killed by its time limit
+  # keeps what it measured (pytest-benchmark writes its JSON only at the end).
+  rm -f "$OUT"/bench_main.json* "$OUT"/bench_variants.json*
+  DAMC_BENCH_STREAM="$OUT/bench_main.jsonl" stage bench_main "$(limit 210 30)" "${PYTEST[@]}" bench/bench_phases.py \
+    bench/bench_device.py --benchmark-only "--benchmark-json=$OUT/bench_main.json"
+  # One call of the posterior chain, the Q updates and the prior sampling under torch.profiler (issue 14 item 4).
+  stage profile "$(limit 90 30)" "$PY" -m bench.profile --out "$OUT"
+  select="not max_autotune"
+  [ "${DAMC_BENCH_MAX_AUTOTUNE:-0}" = 1 ] && select="variant"
+  DAMC_BENCH_STREAM="$OUT/bench_variants.jsonl" stage bench_variants "$(limit 400 30)" "${PYTEST[@]}" \
+    bench/bench_variants.py --benchmark-only -k "$select"
+  main="$OUT/bench_main.json"
+  [ -s "$main" ] || main="$OUT/bench_main.jsonl"  # the stream, when the stage was cut short
+  if [ -s "$main" ]; then
+    stage report 25 "$PY" -m bench.report --from-json "$main" --merge-json "$OUT/bench_variants.jsonl" \
+      --out bench/results --allow-smoke
+    cp bench/results/*.json bench/results/*.md "$OUT"/ 2>/dev/null || true
+  else
+    echo "=== report: no benchmark finished in bench_main; nothing to report" | tee "$OUT/report.log"
+    status=1
+  fi
 fi
+echo "=== gpu_all: done in $SECONDS s, status $status"
 exit $status

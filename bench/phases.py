@@ -36,7 +36,8 @@ from engine.learner import (
     Learner,
     amortizer_updates,
     build_learner,
-    damc_prior_latents,
+    damc_prior_images,
+    ema_update,
     energy_update,
     generator_update,
     lebm_prior_latents,
@@ -90,12 +91,15 @@ PHASES: tuple[PhaseInfo, ...] = (
               "6 × (ε-loss, backward, clip 100, AdamW step) on the B posterior samples"),
     PhaseInfo("g_update", "G update", "train", None, "G forward on B posterior samples, backward, clip, Adam"),
     PhaseInfo("e_update", "E update", "train", None, "E on B positive + 2B negative samples, backward, clip, Adam"),
+    PhaseInfo("ema_update", "EMA update (every 10 it.)", "train", None,
+              "EMA amortizer ← 0.995·EMA + 0.005·Q over all parameters (foreach); runs once per 10 iterations, so "
+              "the DAMC iteration's s/epoch adds a tenth of it"),
     PhaseInfo("train_iteration", "DAMC iteration", "train", 15.2 * _MIN / ITERATIONS_PER_EPOCH,
               "engine.learner.train_step: the whole DAMC iteration (steps 1-9)", heavy=True),
     PhaseInfo("train_iteration_lebm", "short-run LEBM iteration", "train", 14.8 * _MIN / ITERATIONS_PER_EPOCH,
               "train_step with method=lebm: both chains from N(0, I), no amortizer", heavy=True),
     PhaseInfo("sample_damc_prior", "DAMC prior sampling", "sampling", 0.3,
-              "online amortizer, unconditional 100-step draw + G, batch 64"),
+              "engine.learner.damc_prior_images: online amortizer, unconditional 100-step draw + G, batch 64"),
     PhaseInfo("sample_lebm_prior", "LEBM prior sampling (100 LD)", "sampling", 0.2,
               "N(0, I) + 100 Langevin steps on E + ½‖z‖² + G, batch 64"),
     PhaseInfo("sample_damc_posterior", "DAMC posterior sampling", "sampling", 1.0,
@@ -106,7 +110,7 @@ PHASES: tuple[PhaseInfo, ...] = (
 )
 PHASE_INFO: dict[str, PhaseInfo] = {p.key: p for p in PHASES}
 _DAMC_PHASES = {"damc_draw", "posterior_chain", "prior_chain", "amortizer_updates", "g_update", "e_update",
-                "train_iteration", "sample_damc_prior", "sample_damc_posterior"}
+                "ema_update", "train_iteration", "sample_damc_prior", "sample_damc_posterior"}
 _LEBM_PHASES = {"train_iteration_lebm", "sample_lebm_prior", "sample_lebm_posterior"}
 assert set(PHASE_INFO) == _DAMC_PHASES | _LEBM_PHASES
 
@@ -125,12 +129,13 @@ PAPER_OVERRIDES = ["data.root=unused", f"train.batch_size={PAPER_BATCH_TRAIN}",
 Sizes = Literal["paper", "smoke"]
 
 
-def bench_config(sizes: Sizes) -> Config:
-    """The config every phase is built from: configs/cifar10.yaml (paper) or configs/quickstart.yaml (smoke)."""
+def bench_config(sizes: Sizes, extra: Sequence[str] = ()) -> Config:
+    """The config every phase is built from: configs/cifar10.yaml (paper) or configs/quickstart.yaml (smoke), plus
+    ``extra`` overrides (the variants)."""
     if sizes == "paper":
-        return load_config(REPO / "configs" / "cifar10.yaml", PAPER_OVERRIDES)
+        return load_config(REPO / "configs" / "cifar10.yaml", [*PAPER_OVERRIDES, *extra])
     if sizes == "smoke":
-        return load_config(REPO / "configs" / "quickstart.yaml", SMOKE_OVERRIDES)
+        return load_config(REPO / "configs" / "quickstart.yaml", [*SMOKE_OVERRIDES, *extra])
     raise ValueError(f"sizes = {sizes!r}: expected 'paper' or 'smoke'")
 
 
@@ -146,6 +151,7 @@ def size_summary(cfg: Config, sizes: Sizes) -> dict[str, object]:
         "posterior_steps": cfg.langevin.posterior.n_steps,
         "prior_steps": cfg.langevin.prior.n_steps,
         "amortizer_updates": cfg.diffusion.updates_per_iter,
+        "ema_every": cfg.diffusion.ema_every,
         "lebm_prior_steps": cfg.eval.lebm_steps,
         "recon_steps": cfg.eval.recon_steps,
         "lebm_posterior_steps": LEBM_POSTERIOR_STEPS,
@@ -214,9 +220,10 @@ def build_with_chains(cfg: Config, device: torch.device, wanted: Sequence[str],
             energy_update(learner, z_pos, z_neg0)
 
         def sample_damc_prior() -> torch.Tensor:
-            z = damc_prior_latents(learner, n, eval_rng)
-            with torch.no_grad():
-                return nets.generator(z)
+            return damc_prior_images(learner, n, eval_rng)  # the draw and G: one captured region on the fast path
+
+        ema = learner.amortizer_ema
+        assert ema is not None
 
         phases.update(
             damc_draw=lambda: chains.cond_draw(init_net, x),
@@ -225,6 +232,7 @@ def build_with_chains(cfg: Config, device: torch.device, wanted: Sequence[str],
             amortizer_updates=amortizer_updates_phase,
             g_update=g_update,
             e_update=e_update,
+            ema_update=lambda: ema_update(ema, amortizer, d.ema_decay),
             train_iteration=lambda: train_step(learner, x),
             sample_damc_prior=sample_damc_prior,
             sample_damc_posterior=lambda: reconstruct(learner, x_eval, ev.recon_steps, ev.recon_step_size,
@@ -328,3 +336,44 @@ def build_phases(cfg: Config, device: torch.device, mode: str,
 register("reference", build_reference,
          note="eager fp32, TF32 off: the authors' work without their per-step host-sync logging")
 register("fast", build_fast, describe=describe_fast)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Variants of the fast configuration: the choices issue 14 leaves to a GPU measurement. Each is perf.preset=fast
+# plus its overrides, timed on the phases it can change; the report sets each beside the fast row of that phase.
+
+VARIANT_SUITE = "damc-variants"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...]  # on top of perf.preset=fast
+    phases: tuple[str, ...]
+    question: str  # what the comparison with `fast` decides
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("unet_fp32", ('perf.amp_unet="off"',), ("amortizer_updates", "damc_draw", "sample_damc_prior"),
+            "U-Net in fp32/TF32 instead of bf16 (latency-bound: casts may cost more than bf16 saves)"),
+    Variant("no_hoist", ('perf.hoist_sampler="off"',), ("damc_draw", "sample_damc_prior"),
+            "the module's forward per step instead of the hoisted context + merged GEMMs + fused epilogue"),
+    Variant("per_loop_graphs", ('perf.iteration_graph="off"',), ("train_iteration",),
+            "one CUDA graph per loop instead of one for the whole iteration"),
+    Variant("side_streams", ('perf.side_streams="on"',), ("train_iteration",),
+            "prior chain beside the posterior chain, Q updates beside G and E, inside the iteration graph"),
+    Variant("g_gemm_first", ('perf.g_gemm_first="on"',), ("posterior_chain", "g_update"),
+            "G's first ConvTranspose2d (1×1 input) as one GEMM"),
+    Variant("g_last_convt_pad", ("perf.g_last=convt_pad",), ("posterior_chain",),
+            "G's 3-channel last layer with its output channels padded to 8"),
+    Variant("g_last_conv_pad", ("perf.g_last=conv_pad",), ("posterior_chain",),
+            "G's last layer as the equivalent Conv2d, output channels padded to 8"),
+    Variant("nchw", ('perf.channels_last="off"',), ("posterior_chain",), "NCHW instead of NHWC for G"),
+    Variant("cudnn_limit_all", ("perf.cudnn_benchmark_limit=0",), ("posterior_chain", "sample_damc_prior"),
+            "cudnn autotuning over every algorithm (default: 10)"),
+    Variant("max_autotune", ("perf.compile_mode=max-autotune-no-cudagraphs",), ("posterior_chain",),
+            "Inductor max-autotune for the compiled step functions (minutes of autotuning)"),
+)
+VARIANT_INFO: dict[str, Variant] = {v.name: v for v in VARIANTS}
+assert all(p in PHASE_INFO for v in VARIANTS for p in v.phases)
+

@@ -21,7 +21,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,10 +31,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.phases import ITERATIONS_PER_EPOCH, MODES, PHASES, REPO, SUITE
+from bench.phases import ITERATIONS_PER_EPOCH, MODES, PHASES, REPO, SUITE, VARIANT_SUITE
 
 RESULTS_DIR = REPO / "bench" / "results"
-SCHEMA = 1
+SCHEMA = 2  # 2: gpu_s per measurement, variants, the EMA row, git.source
+COMMIT_ENV = "DAMC_COMMIT"  # the commit measured, as the session that sent the tree to the GPU knows it
 
 
 class ReportError(RuntimeError):
@@ -47,6 +50,7 @@ def _measurement(bench: Mapping[str, Any]) -> dict[str, Any]:
     s, e = bench["stats"], bench.get("extra_info", {})
     return {
         "median_s": s["median"],
+        "gpu_s": e.get("gpu_s"),  # CUDA-event time of the timed rounds (median); None on CPU
         "min_s": s["min"],
         "mean_s": s["mean"],
         "stddev_s": s["stddev"],
@@ -70,7 +74,9 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 def assemble(data: Mapping[str, Any]) -> dict[str, Any]:
     """Turn a pytest-benchmark JSON document into the report's result dict."""
     ours = [b for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("suite") == SUITE]
-    others = [b for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("suite") != SUITE]
+    variants = [b for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("suite") == VARIANT_SUITE]
+    others = [b for b in data.get("benchmarks", [])
+              if b.get("extra_info", {}).get("suite") not in (SUITE, VARIANT_SUITE)]
     if not ours:
         raise ReportError("no benchmarks from bench/bench_phases.py in this run (was it deselected?)")
     envs = {json.dumps(b["extra_info"].get("env"), sort_keys=True) for b in ours}
@@ -129,6 +135,8 @@ def assemble(data: Mapping[str, Any]) -> dict[str, Any]:
             row["fraction_of_matmul"] = {m: _ratio(v, peak) for m, v in tf.items()}
         rows.append(row)
 
+    _amortize_ema(rows, (size or {}).get("ema_every"))
+
     reasons = []
     if env.get("device_type") != "cuda":
         reasons.append("CPU run")
@@ -138,23 +146,65 @@ def assemble(data: Mapping[str, Any]) -> dict[str, Any]:
         reasons.append(f"missing: {', '.join(missing)}")
     if matmul is None:
         reasons.append("no matmul rate")
-    commit = data.get("commit_info") or {}
     return {
         "schema": SCHEMA,
         "kind": "smoke" if reasons else "measured",
         "smoke_reasons": reasons,
         "datetime": data.get("datetime"),
-        "git": {"commit": commit.get("id"), "dirty": commit.get("dirty"), "branch": commit.get("branch")},
+        "git": _git(data),
         "env": env,
         "size": size,
         "configurations": {m: status.get(m, {"implemented": None, "note": "not measured"}) for m in MODES},
         "matmul": matmul,
         "iterations_per_epoch": ITERATIONS_PER_EPOCH,
         "rows": rows,
+        "variants": _variants(variants, rows),
         "other_benchmarks": [{"name": b.get("fullname", b.get("name")), "group": b.get("group"),
                               "median_s": b["stats"]["median"], "rounds": b["stats"]["rounds"],
                               "extra_info": b.get("extra_info", {})} for b in others],
     }
+
+
+def _git(data: Mapping[str, Any]) -> dict[str, Any]:
+    """One commit for the whole report. ``DAMC_COMMIT`` (e.g. ``b011f0d`` or ``b011f0d+dirty``), set by whoever
+    sent the tree to the measuring machine, wins: that machine's copy may carry other git metadata (the first H100
+    run's said ``faa5336+dirty`` for a tree that was ``b011f0d``). Otherwise pytest-benchmark's ``commit_info``."""
+    pinned = os.environ.get(COMMIT_ENV, "").strip()
+    if pinned:
+        commit, _, flag = pinned.partition("+")
+        return {"commit": commit, "dirty": flag == "dirty", "branch": None, "source": COMMIT_ENV}
+    info = data.get("commit_info") or {}
+    return {"commit": info.get("id"), "dirty": info.get("dirty"), "branch": info.get("branch"),
+            "source": "git metadata of the measuring copy (pytest-benchmark commit_info)"}
+
+
+def _amortize_ema(rows: list[dict[str, Any]], ema_every: int | None) -> None:
+    """The DAMC iteration's s/epoch includes the EMA update, which runs once every ``ema_every`` iterations and is
+    timed on its own (the timed rounds of the iteration row need not contain one)."""
+    by = {r["phase"]: r for r in rows}
+    it, ema = by.get("train_iteration"), by.get("ema_update")
+    if not it or not ema or not it["epoch_s"] or not ema_every:
+        return
+    for m, v in it["epoch_s"].items():
+        e = (ema["modes"].get(m) or {}).get("median_s")
+        if v is not None and e is not None:
+            it["epoch_s"][m] = v + ITERATIONS_PER_EPOCH * e / ema_every
+    it["epoch_includes_ema_every"] = ema_every
+
+
+def _variants(benches: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    fast = {r["phase"]: (r["modes"].get(MODES[1]) or {}) for r in rows}
+    out = []
+    for b in benches:
+        e = b["extra_info"]
+        m = _measurement(b)
+        base = fast.get(e["phase"], {})
+        out.append({"variant": e["variant"], "phase": e["phase"], "overrides": e.get("overrides"),
+                    "question": e.get("question"), "plan": e.get("plan"), **m,
+                    "fast_median_s": base.get("median_s"), "fast_gpu_s": base.get("gpu_s"),
+                    # > 1: the variant is faster than the fast configuration on this phase
+                    "speedup_vs_fast": _ratio(base.get("median_s"), m["median_s"])})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,7 +285,9 @@ def render(result: Mapping[str, Any]) -> str:
                   "performance result; not comparable with the paper.**", ""]
     versions = [f"torch {env.get('torch')}", f"triton {env.get('triton') or '—'}", f"CUDA {env.get('cuda') or '—'}",
                 f"cuDNN {env.get('cudnn') or '—'}", f"Python {env.get('python')}"]
-    lines.append(f"Measured {result.get('datetime') or '?'} at commit `{commit[:12]}{dirty}`; " + ", ".join(versions)
+    source = result["git"].get("source")
+    lines.append(f"Measured {result.get('datetime') or '?'} at commit `{commit[:12]}{dirty}`"
+                 + (f" (from {source})" if source else "") + "; " + ", ".join(versions)
                  + (f"; {env.get('cpu_threads')} CPU thread(s)" if env.get("device_type") != "cuda" else "") + ".")
     if size:
         lines.append(f"Sizes: {size.get('sizes')} ({size.get('arch')}, nz {size.get('nz')}, ngf {size.get('ngf')}; "
@@ -250,7 +302,8 @@ def render(result: Mapping[str, Any]) -> str:
         mm_label = f"{mm['dtype']} matmul"
         lines.append(f"Dense {mm_label} rate measured in this run: {mm['tflops']:.3g} TFLOP/s ({mm['n']}³).")
     lines.append("")
-    head = ["phase", "paper (A6000)", ref_m, fast_m, f"{fast_m} vs {ref_m}", f"{fast_m} vs paper",
+    head = ["phase", "paper (A6000)", ref_m, fast_m, f"GPU time {ref_m} / {fast_m}", f"{fast_m} vs {ref_m}",
+            f"{fast_m} vs paper",
             f"s/epoch {ref_m} / {fast_m}", f"peak mem {ref_m} / {fast_m}", f"set-up {ref_m} / {fast_m}",
             f"TFLOP/s {ref_m} / {fast_m} (% of {mm_label})"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -264,6 +317,7 @@ def render(result: Mapping[str, Any]) -> str:
             _paper_cell(row),
             fmt_s(_median(ref)),
             fmt_s(_median(fast)),
+            _pair(fmt_s(ref and ref.get("gpu_s")), fmt_s(fast and fast.get("gpu_s"))),
             fmt_x(row["fast_vs_reference"]),
             vs_paper,
             _epoch_cell(row, row["epoch_s"] or {}, ref_m, fast_m, paper_sizes),
@@ -285,9 +339,25 @@ def render(result: Mapping[str, Any]) -> str:
         "and optimizer state included. Set-up: building the phase plus the warm-up calls (compilation, graph "
         "capture, autotuning). TFLOP/s: the posterior chain's FLOPs counted from the architecture "
         "(G + E forward and input gradient, bench/flops.py) / its median time. Sampling rows call the engine's "
-        "sampling functions (`damc_prior_latents`, `lebm_prior_latents`, `reconstruct`); the fast "
+        "sampling functions (`damc_prior_images`, `lebm_prior_latents`, `reconstruct`); the fast "
         "configuration speeds them up only as far as those functions use it.",
     ]
+    ema_every = next((r.get("epoch_includes_ema_every") for r in result["rows"] if r.get("epoch_includes_ema_every")),
+                     None)
+    lines += ["", "GPU time: CUDA events around each timed call on the current stream (median of the timed rounds); "
+              "wall time minus the host's launch latency before the first kernel and the final synchronize."
+              + (f" The DAMC iteration's s/epoch adds 1/{ema_every} of the EMA row (one EMA update every "
+                 f"{ema_every} iterations)." if ema_every else "")]
+    variants = result.get("variants") or []
+    if variants:
+        lines += ["", f"Variants of `{fast_m}` (the choices issue 14 leaves to this measurement; > 1× = the variant is "
+                  "faster on that phase):", "",
+                  "| variant | overrides | phase | time | GPU time | fast | variant vs fast | what it decides |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for v in variants:
+            lines.append(f"| {v['variant']} | `{' '.join(v.get('overrides') or [])}` | {v['phase']} | "
+                         f"{fmt_s(v['median_s'])} | {fmt_s(v.get('gpu_s'))} | {fmt_s(v.get('fast_median_s'))} | "
+                         f"{fmt_x(v.get('speedup_vs_fast'))} | {v.get('question') or ''} |")
     others = result.get("other_benchmarks") or []
     if others:
         lines += ["", "Other benchmarks in this run:", "", "| benchmark | median | rounds |", "|---|---|---|"]
@@ -320,6 +390,29 @@ def write_result(result: Mapping[str, Any], table: str, out_dir: Path, *, allow_
 # CLI
 
 
+def read_run(path: Path) -> dict[str, Any]:
+    """A pytest-benchmark JSON document, or a ``.jsonl`` stream of its benchmark records (``DAMC_BENCH_STREAM``,
+    bench/conftest.py: what a run killed by a time limit had finished), wrapped as one."""
+    if path.suffix == ".jsonl":
+        benches = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat()
+        return {"benchmarks": benches, "datetime": when, "commit_info": {}}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def merge(data: dict[str, Any], paths: Sequence[Path]) -> dict[str, Any]:
+    """``data`` with the benchmarks of each JSON / JSONL in ``paths`` appended (files that do not exist are skipped:
+    a stage that timed out before its first benchmark writes none)."""
+    benches = list(data.get("benchmarks", []))
+    for path in paths:
+        if not path.is_file():
+            print(f"bench.report: {path} not found; its benchmarks are not in this report", file=sys.stderr)
+            continue
+        benches += read_run(path).get("benchmarks", [])
+    return {**data, "benchmarks": benches}
+
+
 def run_benchmarks(json_out: Path, pytest_args: Sequence[str]) -> int:
     cmd = [sys.executable, "-m", "pytest", str(REPO / "bench"), "--benchmark-only", "-q", "-p", "no:cacheprovider",
            f"--benchmark-json={json_out}", *pytest_args]
@@ -335,7 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("--")
         argv, pytest_args = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--from-json", type=Path, help="assemble from an existing pytest-benchmark JSON, run nothing")
+    ap.add_argument("--from-json", type=Path,
+                    help="assemble from an existing pytest-benchmark JSON (or a DAMC_BENCH_STREAM .jsonl), run nothing")
+    ap.add_argument("--merge-json", type=Path, action="append", default=[],
+                    help="add the benchmarks of another pytest-benchmark JSON of the same run (e.g. the variants, "
+                         "run as a separate stage); a missing file is skipped with a note")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory (default bench/results)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--allow-smoke", "--allow-cpu", action="store_true", dest="allow_smoke",
@@ -344,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.from_json is not None:
-            data = json.loads(args.from_json.read_text())
+            data = read_run(args.from_json)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "bench.json"
@@ -352,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if rc != 0:
                     raise ReportError(f"pytest exited with {rc}; nothing written (a failed run is not a result)")
                 data = json.loads(path.read_text())
+        data = merge(data, args.merge_json)
         result = assemble(data)
         table = render(result)
         print(table)

@@ -184,6 +184,16 @@ class PerfConfig:
     channels_last: Switch = "auto"
     tf32: Switch = "auto"  # TF32 for the remaining fp32 matmuls / convolutions
     cudnn_benchmark: Switch = "auto"
+    # Issue 14 (engine/runtime/{updates,sampler,convt}.py; the GPU benchmark decides the defaults):
+    iteration_graph: Switch = "auto"  # the whole iteration as one CUDA graph (needs graphs and fused_optim)
+    fused_optim: Switch = "auto"  # fused, capturable Adam/AdamW with the LR as a device tensor
+    hoist_sampler: Switch = "auto"  # the U-Net's z-independent context for all 100 steps at once, merged GEMMs
+    amp_unet: Switch = "auto"  # with amp: the U-Net in bf16 too (off: fp32, TF32 if on); the encoder follows amp
+    side_streams: Switch = "off"  # in the iteration graph: prior chain beside the posterior, Q beside G and E
+    g_gemm_first: Switch = "off"  # G's first ConvTranspose2d (1×1 input) as one GEMM
+    g_last: Literal["convt", "convt_pad", "conv_pad"] = "convt"  # G's 3-channel last layer, channels padded to 8
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    cudnn_benchmark_limit: int = _num(10, ge=0)  # algorithms cudnn autotuning tries per conv (0: all)
 
 
 @dataclass

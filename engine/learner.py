@@ -24,20 +24,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from engine.config import Config, DiffusionConfig
+from engine.config import Config
 from engine.models import Amortizer, Networks, build_networks
 from engine.runtime.chains import Chains, ReferenceChains
+from engine.runtime.updates import optimizer_step, set_lr
 from engine.sampling.diffusion import SamplerTable, sampler_table
-from engine.sampling.draws import amortizer_loss
 
 __all__ = [
     "Learner",
     "amortizer_updates",
     "build_learner",
+    "damc_prior_images",
     "damc_prior_latents",
     "ema_update",
     "energy_update",
+    "finish_iteration",
     "generator_update",
+    "iteration_updates",
     "lebm_prior_latents",
     "reconstruct",
     "set_learning_rates",
@@ -94,23 +97,9 @@ def build_learner(cfg: Config, device: torch.device, rng: torch.Generator) -> Le
 # The training iteration
 
 
-def _q_loss(amortizer: Amortizer, z_pos: Tensor, x: Tensor, keep: Tensor, rng: torch.Generator,
-            d: DiffusionConfig) -> Tensor:
-    """One amortizer loss (spec §3 step 5): masked rows, or conditional + unconditional (MNIST script)."""
-    if d.uncond_loss == "mask":
-        return amortizer_loss(amortizer, z_pos, x, keep, rng, d.logsnr_min, d.logsnr_max)
-    ones = torch.ones_like(keep)
-    return (amortizer_loss(amortizer, z_pos, x, ones, rng, d.logsnr_min, d.logsnr_max)
-            + amortizer_loss(amortizer, z_pos, x, 1 - ones, rng, d.logsnr_min, d.logsnr_max))
-
-
 def _step(opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor, clip: float) -> Tensor:
     """zero_grad → backward → total-norm clip (returns the pre-clip norm, on device) → step."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
-    opt.step()
-    return norm
+    return optimizer_step(opt, module, loss, clip)
 
 
 def _lr_at(lr0: float, completed: int, decay: float, every: int, floor: float) -> float:
@@ -119,15 +108,14 @@ def _lr_at(lr0: float, completed: int, decay: float, every: int, floor: float) -
 
 
 def set_learning_rates(learner: Learner) -> None:
-    """Set every optimizer's LR for the current iteration count (closed form, so resume is exact)."""
+    """Set every optimizer's LR for the current iteration count (closed form, so resume is exact). A device-tensor
+    LR (the fast path's fused optimizers) is written in place: one fill on the device, no host read."""
     o = learner.cfg.optim
     pairs = [(learner.opt_g, o.g_lr), (learner.opt_e, o.e_lr), (learner.opt_q, o.q_lr)]
     for opt, lr0 in pairs:
         if opt is None:
             continue
-        lr = _lr_at(lr0, learner.iteration, o.lr_decay, o.lr_decay_every, o.lr_min)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, _lr_at(lr0, learner.iteration, o.lr_decay, o.lr_decay_every, o.lr_min))
 
 
 @torch.no_grad()
@@ -140,24 +128,21 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
 
 
 def amortizer_updates(learner: Learner, x: Tensor, z_pos: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-    """Step 5: M AdamW updates of Q on the targets z⁺ (B, nz); returns (mean loss, last grad norm)."""
-    nets, d, o = learner.nets, learner.cfg.diffusion, learner.cfg.optim
-    assert nets.amortizer is not None and learner.opt_q is not None
-    losses, norm = [], torch.zeros((), device=x.device)
-    for _ in range(d.updates_per_iter):
-        with learner.chains.autocast():  # bf16 encoder / U-Net on the fast path; a no-op for the reference
-            loss = _q_loss(nets.amortizer, z_pos, x, keep, learner.rng, d)
-        norm = _step(learner.opt_q, nets.amortizer, loss, o.grad_clip)
-        losses.append(loss.detach())
-    mean = torch.stack(losses).mean() if losses else torch.zeros((), device=x.device)
-    return mean, norm
+    """Step 5: M AdamW updates of Q on the targets z⁺ (B, nz); returns (mean loss, last grad norm).
+
+    The maths is ``engine.runtime.updates.amortizer_updates_given`` (a function of the pre-drawn ξ, u, ε);
+    ``learner.chains`` draws the noise (the reference in the authors' order, from ``learner.rng``) and runs it
+    (eager, or compiled and captured on the fast path).
+    """
+    assert learner.nets.amortizer is not None and learner.opt_q is not None
+    return learner.chains.amortizer_updates(x, z_pos, keep)
 
 
 def generator_update(learner: Learner, x: Tensor, z_pos: Tensor) -> tuple[Tensor, Tensor]:
     """Step 6: mean over the batch of Σ_pixels (G(z⁺) − x)² (no 1/(2σ²) factor, as the code)."""
     nets = learner.nets
-    with learner.chains.autocast():
-        x_hat = nets.generator(z_pos)
+    with learner.chains.autocast():  # G through the chains: the fast path may rewrite its first / last layer
+        x_hat = learner.chains.generator(z_pos)
     loss = (x_hat.float() - x).flatten(1).pow(2).sum(dim=1).mean()
     return loss.detach(), _step(learner.opt_g, nets.generator, loss, learner.cfg.optim.grad_clip)
 
@@ -172,7 +157,19 @@ def energy_update(learner: Learner, z_pos: Tensor, z_neg: Tensor) -> tuple[Tenso
 
 
 def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
-    """One iteration of Algorithm 1 on the batch x (B, C, H, W) in [−1, 1]; returns device diagnostics."""
+    """One iteration of Algorithm 1 on the batch x (B, C, H, W) in [−1, 1]; returns device diagnostics.
+
+    Steps 1-7 are :func:`iteration_updates`, all device work: ``learner.chains`` runs them as they are (reference)
+    or captured as one CUDA graph (fast path, ``perf.iteration_graph``). Steps 8-9 depend only on the host's
+    iteration count and run here, outside any graph.
+    """
+    out = learner.chains.run_iteration(lambda xb: iteration_updates(learner, xb), x)
+    finish_iteration(learner)
+    return out
+
+
+def iteration_updates(learner: Learner, x: Tensor) -> dict[str, Tensor]:
+    """Steps 1-7 of Algorithm 1 on x (B, C, H, W): draws, chains and the Q, G, E updates; device diagnostics."""
     cfg = learner.cfg
     nets, rng = learner.nets, learner.rng
     b, nz = x.shape[0], cfg.model.nz
@@ -213,15 +210,6 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
     loss_g, out["grad_norm_g"] = generator_update(learner, x, z_pos)
     loss_e, e_pos, e_neg, out["grad_norm_e"] = energy_update(learner, z_pos, z_neg)
 
-    # 8-9. LR decay and EMA use the completed-iteration count: host integers, no device sync.
-    o = cfg.optim
-    learner.iteration += 1
-    if learner.iteration % o.lr_decay_every == 0:
-        set_learning_rates(learner)
-    if damc and learner.iteration % d.ema_every == 0:
-        assert learner.amortizer_ema is not None and nets.amortizer is not None
-        ema_update(learner.amortizer_ema, nets.amortizer, d.ema_decay)
-
     out.update(
         loss_g=loss_g,
         loss_e=loss_e,
@@ -234,6 +222,17 @@ def train_step(learner: Learner, x: Tensor) -> dict[str, Tensor]:
     return out
 
 
+def finish_iteration(learner: Learner) -> None:
+    """Steps 8-9: LR decay and EMA on the completed-iteration count (host integers, no device sync)."""
+    o, d, nets = learner.cfg.optim, learner.cfg.diffusion, learner.nets
+    learner.iteration += 1
+    if learner.iteration % o.lr_decay_every == 0:
+        set_learning_rates(learner)
+    if learner.cfg.method == "damc" and learner.iteration % d.ema_every == 0:
+        assert learner.amortizer_ema is not None and nets.amortizer is not None
+        ema_update(learner.amortizer_ema, nets.amortizer, d.ema_decay)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation-time draws (spec §4): the online amortizer, never the EMA copy. They take their own RNG so
 # that how often a run draws grids never changes its training stream.
@@ -243,6 +242,13 @@ def damc_prior_latents(learner: Learner, n: int, rng: torch.Generator) -> Tensor
     """DAMC prior samples: the online amortizer's unconditional (random null token) draw."""
     assert learner.nets.amortizer is not None
     return learner.chains.uncond_draw(learner.nets.amortizer, n, rng)
+
+
+def damc_prior_images(learner: Learner, n: int, rng: torch.Generator) -> Tensor:
+    """DAMC prior samples as images (n, C, H, W): the online amortizer's unconditional draw, then G (on the fast
+    path one captured region, G in bf16)."""
+    assert learner.nets.amortizer is not None
+    return learner.chains.prior_images(learner.nets.amortizer, n, rng)
 
 
 def lebm_prior_latents(learner: Learner, n: int, n_steps: int, step_size: float,

@@ -33,6 +33,7 @@ from bench.phases import (
     REPO,
     SMOKE_OVERRIDES,
     SUITE,
+    VARIANT_SUITE,
     bench_config,
     build_phases,
     build_with_chains,
@@ -297,3 +298,85 @@ def test_every_phase_runs(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
             fn()
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 14: GPU time, the EMA row, variants, one commit
+
+
+def _with_gpu_and_variants() -> dict[str, Any]:
+    doc = _doc()
+    for b in doc["benchmarks"]:
+        e = b["extra_info"]
+        if e.get("suite") == SUITE and e.get("phase") != "matmul":
+            e["gpu_s"] = b["stats"]["median"] * 0.9
+            e["size"]["ema_every"] = 10
+    fast_post = next(b for b in doc["benchmarks"] if b["extra_info"].get("phase") == "posterior_chain"
+                     and b["extra_info"].get("mode") == "fast")
+    doc["benchmarks"].append(_bench({"suite": VARIANT_SUITE, "phase": "posterior_chain", "variant": "g_gemm_first",
+                                     "overrides": ["perf.g_gemm_first=on"], "question": "G's first layer as a GEMM",
+                                     "gpu_s": 0.001, "env": ENV_GPU}, fast_post["stats"]["median"] / 2))
+    return doc
+
+
+def test_gpu_time_variants_and_ema_amortization(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(report.COMMIT_ENV, raising=False)
+    result = report.assemble(_with_gpu_and_variants())
+    it, ema = _row(result, "train_iteration"), _row(result, "ema_update")
+    t_it, t_ema = it["modes"]["fast"]["median_s"], ema["modes"]["fast"]["median_s"]
+    assert it["epoch_s"]["fast"] == pytest.approx(ITERATIONS_PER_EPOCH * (t_it + t_ema / 10))
+    assert it["modes"]["fast"]["gpu_s"] == pytest.approx(0.9 * t_it)
+    (v,) = result["variants"]
+    assert v["variant"] == "g_gemm_first" and v["speedup_vs_fast"] == pytest.approx(2.0)
+    assert result["git"]["commit"] == "0123456789abcdef" and "commit_info" in result["git"]["source"]
+    table = report.render(result)
+    assert "GPU time reference / fast" in table and "| g_gemm_first | `perf.g_gemm_first=on` | posterior_chain" in table
+    assert "2.00×" in next(ln for ln in table.splitlines() if ln.startswith("| g_gemm_first"))
+    assert "adds 1/10 of the EMA row" in table
+
+
+def test_the_pinned_commit_wins_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(report.COMMIT_ENV, "b011f0d+dirty")
+    result = report.assemble(_doc())
+    assert result["git"] == {"commit": "b011f0d", "dirty": True, "branch": None, "source": report.COMMIT_ENV}
+    assert "at commit `b011f0d+dirty` (from DAMC_COMMIT)" in report.render(result)
+
+
+def test_merge_json_adds_a_stage_and_skips_a_missing_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main_doc = _doc()
+    variants = {"benchmarks": [b for b in _with_gpu_and_variants()["benchmarks"]
+                               if b["extra_info"].get("suite") == VARIANT_SUITE]}
+    (tmp_path / "main.json").write_text(json.dumps(main_doc))
+    (tmp_path / "variants.json").write_text(json.dumps(variants))
+    out = tmp_path / "results"
+    assert report.main(["--from-json", str(tmp_path / "main.json"), "--merge-json", str(tmp_path / "variants.json"),
+                        "--merge-json", str(tmp_path / "missing.json"), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "| g_gemm_first" in captured.out and "missing.json not found" in captured.err
+    assert json.loads((out / "nvidia-test-gpu.json").read_text())["variants"][0]["variant"] == "g_gemm_first"
+
+
+def test_every_variant_builds_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variants' overrides are valid config and their phases run (on CPU: the fast plan falls back)."""
+    from bench.phases import VARIANTS, build_fast
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for v in VARIANTS:
+            cfg = load_config(REPO / "configs" / "quickstart.yaml", [*TINY, *v.overrides])
+            for fn in build_fast(cfg, torch.device("cpu"), list(v.phases)).values():
+                fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_streamed_run_is_read_like_its_json(tmp_path: Path) -> None:
+    """bench/gpu_all.sh streams each finished benchmark to a .jsonl (a stage killed by its time limit writes no
+    JSON); the report reads the stream as it reads pytest-benchmark's document."""
+    doc = _doc()
+    stream = tmp_path / "main.jsonl"
+    stream.write_text("".join(json.dumps(b) + "\n" for b in doc["benchmarks"]))
+    data = report.read_run(stream)
+    assert data["benchmarks"] == doc["benchmarks"] and data["datetime"]
+    assert report.assemble(data)["kind"] == "measured"

@@ -6,7 +6,18 @@ import pytest
 import torch
 
 from engine.config import Config, load_config
-from engine.learner import Learner, _lr_at, build_learner, ema_update, train_step
+from engine.learner import (
+    Learner,
+    _lr_at,
+    amortizer_updates,
+    build_learner,
+    damc_prior_images,
+    damc_prior_latents,
+    ema_update,
+    lebm_prior_latents,
+    reconstruct,
+    train_step,
+)
 from engine.runtime import system
 
 TINY = [
@@ -119,3 +130,87 @@ def test_ema_update_formula() -> None:
     ema_update(a, b, 0.995)
     for p, r in zip(a.parameters(), ref, strict=True):
         torch.testing.assert_close(p.detach(), r)
+
+
+# --- Issue 14: the amortizer updates as a function of pre-drawn noise ------------------------------------------
+
+
+def _legacy_amortizer_updates(learner: Learner, x: torch.Tensor, z_pos: torch.Tensor,
+                              keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """engine.learner.amortizer_updates as it was at c18185d (draws interleaved with the updates), verbatim."""
+    from engine.sampling.draws import amortizer_loss
+
+    nets, d, o = learner.nets, learner.cfg.diffusion, learner.cfg.optim
+    losses, norm = [], torch.zeros((), device=x.device)
+    for _ in range(d.updates_per_iter):
+        if d.uncond_loss == "mask":
+            loss = amortizer_loss(nets.amortizer, z_pos, x, keep, learner.rng, d.logsnr_min, d.logsnr_max)
+        else:
+            ones = torch.ones_like(keep)
+            loss = (amortizer_loss(nets.amortizer, z_pos, x, ones, learner.rng, d.logsnr_min, d.logsnr_max)
+                    + amortizer_loss(nets.amortizer, z_pos, x, 1 - ones, learner.rng, d.logsnr_min, d.logsnr_max))
+        learner.opt_q.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(nets.amortizer.parameters(), o.grad_clip)
+        learner.opt_q.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean(), norm
+
+
+@pytest.mark.parametrize("uncond", ["mask", "both"])
+def test_restructured_amortizer_updates_equal_the_old_loop_bitwise(uncond: str) -> None:
+    """The updates as a pure function of pre-drawn (ξ, u, ε), drawn in the authors' order, reproduce the old
+    interleaved loop bit for bit in fp32: losses, norms, weights, AdamW state and the generator's position."""
+    cfg = tiny_config(f"diffusion.uncond_loss={uncond}", "diffusion.p_uncond=0.5", "diffusion.updates_per_iter=3")
+    old, new = make(cfg, seed=5), make(cfg, seed=5)
+    g = torch.Generator().manual_seed(9)
+    x, z_pos = batch(2), torch.randn(4, cfg.model.nz, generator=g)
+    keep = (torch.rand(4, generator=g) >= 0.5).float()
+    for _ in range(2):  # twice: the second call starts from non-trivial AdamW state
+        a = _legacy_amortizer_updates(old, x, z_pos, keep)
+        b = amortizer_updates(new, x, z_pos, keep)
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(old.nets.amortizer.parameters(), new.nets.amortizer.parameters(),
+                                                 strict=True))
+    sa, sb = old.opt_q.state_dict(), new.opt_q.state_dict()
+    assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for i in sa["state"] for k in sa["state"][i])
+    assert torch.equal(old.rng.get_state(), new.rng.get_state())
+
+
+def _training_rng_untouched_by_evaluation_draws(learner: Learner) -> None:
+    before = learner.rng.get_state()
+    eval_rng = torch.Generator().manual_seed(123)
+    x = batch(3)
+    damc_prior_latents(learner, 4, eval_rng)
+    damc_prior_images(learner, 4, eval_rng)
+    lebm_prior_latents(learner, 4, 3, 0.4, eval_rng)
+    reconstruct(learner, x, 2, 0.1, eval_rng)
+    assert torch.equal(learner.rng.get_state(), before)
+    # ... and the evaluation stream itself moved, reproducibly from its seed.
+    a = damc_prior_images(learner, 4, torch.Generator().manual_seed(7))
+    b = damc_prior_images(learner, 4, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, damc_prior_images(learner, 4, eval_rng))
+
+
+def test_evaluation_draws_never_touch_the_training_stream() -> None:
+    _training_rng_untouched_by_evaluation_draws(make(tiny_config()))
+
+
+def test_evaluation_draws_never_touch_the_training_stream_on_the_fast_path() -> None:
+    """The fast path (eager here; the captured graphs on a GPU: tests/runtime/test_fast_gpu.py) draws from the
+    generator it is given, never the run's."""
+    from engine.runtime.fast import FastChains
+    from engine.runtime.perf import PerfPlan
+
+    learner = make(tiny_config())
+    learner.chains = FastChains(learner, PerfPlan(hoist_sampler=True, g_gemm_first=True))
+    _training_rng_untouched_by_evaluation_draws(learner)
+
+
+def test_damc_prior_images_are_g_of_the_prior_draw() -> None:
+    learner = make(tiny_config())
+    imgs = damc_prior_images(learner, 4, torch.Generator().manual_seed(1))
+    z = damc_prior_latents(learner, 4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(imgs, learner.nets.generator(z))

@@ -89,6 +89,18 @@ class ConcatSquashBlock(nn.Module):
         gate = torch.sigmoid(self.gate(c))
         return self.layer(h) * gate + self.hyper_bias(c) + self.skip(h)
 
+    # The z-independent half of forward, split off so that a sampler can compute it for all its steps at once
+    # (forward == forward_given_context(h, *context_terms(ctx_act)), same operations).
+
+    def context_terms(self, ctx_act: Tensor) -> tuple[Tensor, Tensor]:
+        """(gate, bias) of forward for ctx_act (..., dim_ctx), each (..., dim_out)."""
+        c = F.silu(self.ctx_proj(ctx_act))
+        return torch.sigmoid(self.gate(c)), self.hyper_bias(c)
+
+    def forward_given_context(self, h: Tensor, gate: Tensor, bias: Tensor) -> Tensor:
+        """forward with its context terms given: h (B, dim_in), gate and bias (B, dim_out) -> (B, dim_out)."""
+        return self.layer(h) * gate + bias + self.skip(h)
+
 
 class LatentUNet(nn.Module):
     """ε-network on latent vectors (`Diffusion_UnetA`, spec §1.4, Table S3): eps_hat = f(z_λ, λ, xemb).
@@ -167,6 +179,43 @@ class LatentUNet(nn.Module):
         for block in self.dec:
             h = F.leaky_relu(torch.cat([h, skips.pop()], dim=1), _LRELU_SLOPE)
             h = block(h, ctx_act)
+        return z + h if self.residual else h
+
+    # The sampler's view of forward: the context path (time embedding ⊕ xemb → every block's gate and bias) does
+    # not depend on z, so a T-step draw can compute it once for all T steps and B rows.
+
+    def blocks(self) -> list[ConcatSquashBlock]:
+        """The seven blocks in forward's order: enc ×3, mid, dec ×3."""
+        return [*self.enc, self.mid, *self.dec]
+
+    def step_context(self, logsnr: Tensor, xemb: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every block's (gate, bias), each (T, B, dim_out), for the T log-SNRs logsnr (T,) and xemb (B, nemb).
+
+        Row (k, b) is what forward computes for λ_k and xemb[b]: ctx_act = SiLU(cat[temb_k, xemb_b]), with the
+        time embedding evaluated once per step rather than once per row and step.
+        """
+        temb = self.time_embedding(logsnr)  # (T, ntemb)
+        t, b = temb.shape[0], xemb.shape[0]
+        ctx = torch.cat([temb[:, None, :].expand(t, b, -1), xemb[None, :, :].expand(t, b, -1)], dim=2)
+        ctx_act = F.silu(ctx)  # (T, B, ntemb + nemb)
+        return [blk.context_terms(ctx_act) for blk in self.blocks()]
+
+    def forward_given_context(self, z: Tensor, context: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """forward for z (B, nz) with every block's (gate, bias) (B, dim_out) given (one step of step_context)."""
+        with torch.autocast(z.device.type, enabled=False):
+            zb = 2 * math.pi * (z.float() @ self.fourier_B.float())  # (B, nz//2), fp32 as in forward
+        h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1)
+        blocks = self.blocks()
+        skips: list[Tensor] = []
+        for i in range(3):
+            if i > 0:
+                h = F.leaky_relu(h, _LRELU_SLOPE)
+            h = blocks[i].forward_given_context(h, *context[i])
+            skips.append(h)
+        h = blocks[3].forward_given_context(F.leaky_relu(h, _LRELU_SLOPE), *context[3])
+        for i in range(4, 7):
+            h = F.leaky_relu(torch.cat([h, skips.pop()], dim=1), _LRELU_SLOPE)
+            h = blocks[i].forward_given_context(h, *context[i])
         return z + h if self.residual else h
 
 

@@ -13,6 +13,7 @@ one of the two for a plan.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -20,10 +21,13 @@ from torch import Tensor
 
 from engine.config import ChainConfig, Config
 from engine.models import Amortizer, Networks
+from engine.runtime.updates import amortizer_updates_given, draw_update_noise, losses_per_update, q_loss_given
 from engine.sampling.diffusion import SamplerTable
 from engine.sampling.draws import amortizer_sample, posterior_chain, prior_chain
 
-__all__ = ["Chains", "LoopState", "ReferenceChains", "chain_args"]
+__all__ = ["Chains", "IterationBody", "LoopState", "ReferenceChains", "chain_args"]
+
+IterationBody = Callable[[Tensor], dict[str, Tensor]]  # x (B, C, H, W) -> device diagnostics (steps 1-7)
 
 
 class LoopState(Protocol):
@@ -38,6 +42,9 @@ class LoopState(Protocol):
     amortizer_ema: Amortizer | None
     table: SamplerTable  # ancestral-sampler coefficients on the device
     rng: torch.Generator  # the run's device RNG
+    opt_g: torch.optim.Optimizer
+    opt_e: torch.optim.Optimizer
+    opt_q: torch.optim.Optimizer | None
 
     @property
     def device(self) -> torch.device: ...
@@ -67,6 +74,22 @@ class Chains(Protocol):
     def prior(self, z0: Tensor, *, n_steps: int | None = None, step_size: float | None = None,
               with_noise: bool | None = None, rng: torch.Generator | None = None) -> Tensor:
         """Langevin on paper eq. 3 from z0 (B, nz)."""
+        ...
+
+    def prior_images(self, net: Amortizer, n: int, rng: torch.Generator) -> Tensor:
+        """G(z) (n, C, H, W) for the unconditional draw z ~ Q(z | ξ): DAMC prior samples as images."""
+        ...
+
+    def generator(self, z: Tensor) -> Tensor:
+        """G(z) (B, C, H, W) for z (B, nz), as the path computes it (under the caller's autocast)."""
+        ...
+
+    def amortizer_updates(self, x: Tensor, z_pos: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """The M amortizer updates on the targets z_pos (B, nz) with row mask keep (B,); (mean loss, last norm)."""
+        ...
+
+    def run_iteration(self, body: IterationBody, x: Tensor) -> dict[str, Tensor]:
+        """``body(x)``: steps 1-7 of the iteration, as they are or captured as one CUDA graph."""
         ...
 
 
@@ -104,6 +127,31 @@ class ReferenceChains:
         lr = self.learner
         n_steps, step_size, with_noise = chain_args(lr.cfg.langevin.prior, n_steps, step_size, with_noise)
         return prior_chain(lr.nets, z0, n_steps, step_size, with_noise, rng or lr.rng)
+
+    def generator(self, z: Tensor) -> Tensor:
+        return self.learner.nets.generator(z)
+
+    def prior_images(self, net: Amortizer, n: int, rng: torch.Generator) -> Tensor:
+        """The unconditional draw, then G in fp32."""
+        z = self.uncond_draw(net, n, rng)
+        with torch.no_grad():
+            return self.learner.nets.generator(z)
+
+    def amortizer_updates(self, x: Tensor, z_pos: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """Eager fp32; ξ, u, ε drawn from the run's generator in the authors' order (per update: ξ, u, ε)."""
+        lr = self.learner
+        d, net, opt = lr.cfg.diffusion, lr.nets.amortizer, lr.opt_q
+        assert net is not None and opt is not None
+        b, nz = z_pos.shape
+        noise = draw_update_noise(lr.rng, d.updates_per_iter, losses_per_update(d), b, nz, z_pos.device)
+
+        def loss_fn(z: Tensor, xb: Tensor, k: Tensor, xi: Tensor, u: Tensor, eps: Tensor) -> Tensor:
+            return q_loss_given(net, z, xb, k, xi, u, eps, d)
+
+        return amortizer_updates_given(loss_fn, opt, net, z_pos, x, keep, noise, lr.cfg.optim.grad_clip)
+
+    def run_iteration(self, body: IterationBody, x: Tensor) -> dict[str, Tensor]:
+        return body(x)
 
 
 def chain_args(chain_cfg: ChainConfig, n_steps: int | None, step_size: float | None,

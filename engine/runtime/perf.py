@@ -4,6 +4,9 @@
 supports; a switch set to ``on``/``off`` overrides the preset. A capability the machine lacks (no GPU, no
 Triton) is turned off with one log line, never an error. Backend flags (TF32, cudnn autotuning) are applied
 by :func:`engine.runtime.system.apply_perf`, the only place that touches ``torch.backends``.
+
+On a CPU, ``fast`` keeps the reference: the pure-torch rewrites (compile, fused optimizers, the hoisted sampler,
+G's first layer as a GEMM) cost more than they save on tiny CPU-sized steps; ``on`` forces each one (tests).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 from engine.config import PerfConfig
 from kernels import triton_available  # asks importlib only; never imports triton
 
-SWITCHES = ("graphs", "compile", "amp", "kernels", "channels_last", "tf32", "cudnn_benchmark")
+SWITCHES = ("graphs", "compile", "amp", "kernels", "channels_last", "tf32", "cudnn_benchmark", "iteration_graph",
+            "fused_optim", "hoist_sampler", "amp_unet", "side_streams", "g_gemm_first")
 _CUDA_ONLY = {
     "graphs": "CUDA graphs",
     "amp": "bf16 autocast",
@@ -24,6 +28,15 @@ _CUDA_ONLY = {
     "channels_last": "channels_last",
     "tf32": "TF32",
     "cudnn_benchmark": "cudnn autotuning",
+    "iteration_graph": "the iteration as one CUDA graph",
+    "side_streams": "side streams",
+}
+# Pure torch, so they run on a CPU, but only when asked for explicitly there (see the module docstring).
+_CPU_AUTO_OFF = {
+    "compile": "torch.compile",
+    "fused_optim": "fused optimizers",
+    "hoist_sampler": "the hoisted sampler",
+    "g_gemm_first": "G's first layer as a GEMM",
 }
 
 
@@ -36,13 +49,30 @@ class PerfPlan:
     channels_last: bool = False
     tf32: bool = False
     cudnn_benchmark: bool = False
+    iteration_graph: bool = False
+    fused_optim: bool = False
+    hoist_sampler: bool = False
+    amp_unet: bool = False  # meaningful only with amp
+    side_streams: bool = False
+    g_gemm_first: bool = False
+    g_last: str = "convt"
+    compile_mode: str = "default"
+    cudnn_benchmark_limit: int = 10
 
     @property
     def is_reference(self) -> bool:
-        return not any(dataclasses.astuple(self))
+        return not any(getattr(self, name) for name in SWITCHES) and self.g_last == "convt"
+
+    @property
+    def unet_bf16(self) -> bool:
+        return self.amp and self.amp_unet
 
     def describe(self) -> str:
         on = [name for name in SWITCHES if getattr(self, name)]
+        if self.g_last != "convt":
+            on.append(f"g_last={self.g_last}")
+        if self.compile and self.compile_mode != "default":
+            on.append(f"compile_mode={self.compile_mode}")
         return "reference (eager fp32)" if not on else "fast: " + ", ".join(on)
 
 
@@ -52,7 +82,8 @@ REFERENCE = PerfPlan()
 def resolve(cfg: PerfConfig, device: torch.device) -> tuple[PerfPlan, str | None]:
     """The plan for ``device`` and, when something asked for was unavailable, one log line saying so."""
     fast = cfg.preset == "fast"
-    want = {name: getattr(cfg, name) == "on" or (getattr(cfg, name) == "auto" and fast) for name in SWITCHES}
+    want: dict[str, bool] = {name: getattr(cfg, name) == "on" or (getattr(cfg, name) == "auto" and fast)
+                             for name in SWITCHES}
     dropped: list[str] = []
     cuda = device.type == "cuda"
     if not cuda:
@@ -60,15 +91,25 @@ def resolve(cfg: PerfConfig, device: torch.device) -> tuple[PerfPlan, str | None
             if want[name]:
                 want[name] = False
                 dropped.append(f"{label} (no GPU)")
-        if want["compile"] and cfg.compile == "auto":
-            # Compiling the tiny CPU-sized steps costs more than it saves; `perf.compile=on` forces it.
-            want["compile"] = False
-            dropped.append("torch.compile (CPU; set perf.compile=on to force)")
+        for name, label in _CPU_AUTO_OFF.items():
+            if want[name] and getattr(cfg, name) == "auto":
+                # Compiling the tiny CPU-sized steps costs more than it saves; `perf.<switch>=on` forces it.
+                want[name] = False
+                dropped.append(f"{label} (CPU; set perf.{name}=on to force)")
     elif not triton_available():
         for name, label in (("kernels", "Triton kernels"), ("compile", "torch.compile (Inductor needs Triton)")):
             if want[name]:
                 want[name] = False
                 dropped.append(f"{label} (triton not installed)")
-    plan = PerfPlan(**want)
+    # What the whole-iteration graph needs: every loop capturable, and optimizers whose step can be replayed.
+    for name, needs in (("iteration_graph", ("graphs", "fused_optim")), ("side_streams", ("iteration_graph",))):
+        missing = [n for n in needs if not want[n]]
+        if want[name] and missing:
+            want[name] = False
+            if cuda:
+                dropped.append(f"{name} (needs {' and '.join(missing)})")
+    want["amp_unet"] = want["amp_unet"] and want["amp"]
+    plan = PerfPlan(g_last=cfg.g_last, compile_mode=cfg.compile_mode, cudnn_benchmark_limit=cfg.cudnn_benchmark_limit)
+    plan = dataclasses.replace(plan, **want)  # type: ignore[arg-type]  # every key is a bool field of PerfPlan
     note = f"perf: {plan.describe()}; unavailable here: {', '.join(dropped)}" if dropped else None
     return plan, note

@@ -47,6 +47,9 @@ def apply_perf(plan: PerfPlan, device: torch.device) -> None:
     torch.backends.cuda.matmul.allow_tf32 = plan.tf32
     torch.backends.cudnn.allow_tf32 = plan.tf32
     torch.backends.cudnn.benchmark = plan.cudnn_benchmark
+    # How many algorithms autotuning times per convolution shape (cudnn v8+ API; 0 = all). Fewer trials bound the
+    # workspace that autotuning allocates (the first fast sampling row peaked at 10 GiB, issue 14).
+    torch.backends.cudnn.benchmark_limit = plan.cudnn_benchmark_limit
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

@@ -20,7 +20,8 @@ from engine.models import Networks
 from engine.sampling.diffusion import SamplerTable, ancestral_sample, diffusion_loss
 from engine.sampling.langevin import energy_grad, langevin_chain, posterior_energy, prior_energy
 
-__all__ = ["AmortizerNet", "amortizer_loss", "amortizer_sample", "posterior_chain", "prior_chain"]
+__all__ = ["AmortizerNet", "amortizer_loss", "amortizer_loss_given", "amortizer_sample", "draw_loss_noise",
+           "posterior_chain", "prior_chain"]
 
 
 class AmortizerNet(Protocol):
@@ -69,11 +70,26 @@ def amortizer_loss(amortizer: AmortizerNet, z0: Tensor, x: Tensor, keep: Tensor,
     Draw order per call (spec §3 RNG order): ξ (B, nz), u (B,), ε (B, nz).
     """
     b, nz = z0.shape
-    xi = torch.randn(b, nz, generator=rng, device=z0.device)
-    keep = keep[:, None]
-    xemb = keep * amortizer.cond_embedding(x) + (1 - keep) * amortizer.null_embedding(xi)
-    u = torch.rand(b, generator=rng, device=z0.device)
-    eps = torch.randn(b, nz, generator=rng, device=z0.device)
+    xi, u, eps = draw_loss_noise(rng, b, nz, z0.device)
+    return amortizer_loss_given(amortizer, z0, x, keep, xi, u, eps, logsnr_min, logsnr_max)
+
+
+def draw_loss_noise(rng: torch.Generator, b: int, nz: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The randomness of one ε-loss in the authors' order: ξ (B, nz) ~ N(0, I), u (B,) ~ U(0, 1), ε (B, nz)."""
+    xi = torch.randn(b, nz, generator=rng, device=device)
+    u = torch.rand(b, generator=rng, device=device)
+    eps = torch.randn(b, nz, generator=rng, device=device)
+    return xi, u, eps
+
+
+def amortizer_loss_given(amortizer: AmortizerNet, z0: Tensor, x: Tensor, keep: Tensor, xi: Tensor, u: Tensor,
+                         eps: Tensor, logsnr_min: float, logsnr_max: float) -> Tensor:
+    """:func:`amortizer_loss` with its randomness passed in: ξ (B, nz) null-token noise, u (B,) times, ε (B, nz).
+
+    Pure: the same inputs give the same loss, bit for bit, whichever way the draws were made.
+    """
+    k = keep[:, None]
+    xemb = k * amortizer.cond_embedding(x) + (1 - k) * amortizer.null_embedding(xi)
     return diffusion_loss(amortizer, z0, xemb, u, eps, logsnr_min, logsnr_max)
 
 

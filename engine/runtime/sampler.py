@@ -1,0 +1,114 @@
+"""The ancestral draw's U-Net reorganised for a launch-bound 100-step loop (issue 14 item 2; spec §1.4, §2).
+
+Per step the U-Net (:class:`engine.models.amortizer.LatentUNet`) runs seven concat-squash blocks, each
+``layer(h) ⊙ gate(c) + hyper_bias(c) + skip(h)`` with c = SiLU(ctx_proj(SiLU(cat[temb(λ_k), xemb]))). Only h
+depends on z. Per draw (B rows, T steps) this module therefore:
+
+* casts and packs the weights once (:func:`pack_unet`): ``layer`` and ``skip`` share their input, so they become
+  one GEMM with the weights stacked, W_ls = [W_layer; W_skip] (2·out, in); ``gate`` and ``hyper_bias`` share c,
+  so W_gb = [W_gate; W_hyper] (2·out, out);
+* computes the whole context path for all steps at once (:func:`draw_context`). ctx_proj is linear in the
+  concatenation, so ctx_proj(SiLU(cat[t, x])) = W_t·SiLU(t) + W_x·SiLU(x) + b: one GEMM for the T time
+  embeddings and one for the B embeddings, all seven blocks' ctx_proj stacked (S = Σ out rows), then
+  c = SiLU(A_k + X_b) for every (k, b) and one GEMM per block for its gate and bias, (T, B, out) each;
+* leaves per step only the z path (:func:`unet_trunk`): Fourier features (fp32), then per block one GEMM and an
+  elementwise epilogue; the last block's epilogue, the residual ε̂ = z + h and the ancestral step are one fused
+  kernel (:mod:`kernels.ddpm_epilogue`).
+
+With ``dtype = float32`` every number equals forward's up to the summation order of the split ctx_proj GEMM
+(tests: within 1e-6 for all 100 λ); with bfloat16 the GEMMs run in bf16 as autocast would run them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.models.amortizer import LatentUNet
+
+__all__ = ["Context", "PackedUNet", "draw_context", "pack_unet", "unet_trunk"]
+
+_LRELU = 0.01  # LeakyReLU slope between the U-Net's blocks (spec §1.4)
+
+
+@dataclass(frozen=True)
+class PackedUNet:
+    """The z path's weights, cast to the sampler's dtype, one entry per block (enc ×3, mid, dec ×3)."""
+
+    fourier_b: Tensor  # (nz, nz//2) fp32
+    w_ls: tuple[Tensor, ...]  # (2·out, in): [layer; skip]
+    b_ls: tuple[Tensor, ...]  # (2·out,)
+    residual: bool
+
+
+# Per block: gate (T, B, out) and bias (T, B, out); step k reads gate[k], bias[k].
+Context = list[tuple[Tensor, Tensor]]
+
+
+def pack_unet(unet: LatentUNet, dtype: torch.dtype) -> PackedUNet:
+    """Stack and cast the z path's weights (a few small copies per draw; always from the live fp32 weights)."""
+    blocks = unet.blocks()
+    return PackedUNet(
+        fourier_b=unet.fourier_B.detach().float(),
+        w_ls=tuple(torch.cat([b.layer.weight, b.skip.weight]).detach().to(dtype) for b in blocks),
+        b_ls=tuple(torch.cat([b.layer.bias, b.skip.bias]).detach().to(dtype) for b in blocks),
+        residual=unet.residual,
+    )
+
+
+def draw_context(unet: LatentUNet, logsnr: Tensor, xemb: Tensor, dtype: torch.dtype) -> Context:
+    """Every block's (gate, bias) for all T steps and B rows: logsnr (T,), xemb (B, nemb) -> [(T, B, out)] × 7."""
+    blocks = unet.blocks()
+    nt = unet.ntemb
+    w = torch.cat([b.ctx_proj.weight for b in blocks]).detach()  # (S, ntemb + nemb)
+    bias = torch.cat([b.ctx_proj.bias for b in blocks]).detach()  # (S,)
+    temb = unet.time_embedding(logsnr.float()).detach()  # (T, ntemb), fp32 as forward computes it
+    a = F.linear(F.silu(temb).to(dtype), w[:, :nt].to(dtype))  # (T, S)
+    x = F.linear(F.silu(xemb.float()).to(dtype), w[:, nt:].to(dtype), bias.to(dtype))  # (B, S)
+    c = F.silu(a[:, None, :] + x[None, :, :])  # (T, B, S)
+    out: Context = []
+    start = 0
+    for blk in blocks:
+        n = blk.dim_out
+        w_gb = torch.cat([blk.gate.weight, blk.hyper_bias.weight]).detach().to(dtype)  # (2·out, out)
+        gb = F.linear(c[..., start:start + n], w_gb)  # (T, B, 2·out)
+        out.append((torch.sigmoid(gb[..., :n] + blk.gate.bias.detach().to(dtype)).contiguous(),
+                    gb[..., n:].contiguous()))
+        start += n
+    return out
+
+
+def unet_trunk(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], b_ls: Sequence[Tensor],
+               gates: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
+    """One step up to the last block's merged GEMM: z (B, nz) fp32, the step k () int64, a :class:`PackedUNet`'s
+    fields, and the first six blocks' context (T, B, out) -> y (B, 2·nz) = [layer(h) | skip(h)] of the last block,
+    in the packed dtype. Step k's gate and bias rows are gathered on the device: the arguments are the same tensors
+    for every step, so one ``torch.compile`` serves all T steps (a Python int k would recompile per step)."""
+    row = k.reshape(1)
+    g = [t.index_select(0, row)[0] for t in gates]  # (B, out) each
+    bb = [t.index_select(0, row)[0] for t in biases]
+    dtype = w_ls[0].dtype
+    zb = 2 * math.pi * (z.float() @ fourier_b)  # (B, nz//2): phases O(10) rad, fp32 (spec §1.4 note)
+    h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1).to(dtype)
+
+    def block(i: int, hh: Tensor) -> Tensor:
+        y = F.linear(hh, w_ls[i], b_ls[i])  # (B, 2·out)
+        n = y.shape[1] // 2
+        return y[:, :n] * g[i] + bb[i] + y[:, n:]
+
+    skips: list[Tensor] = []
+    for i in range(3):
+        if i > 0:
+            h = F.leaky_relu(h, _LRELU)
+        h = block(i, h)
+        skips.append(h)
+    h = block(3, F.leaky_relu(h, _LRELU))
+    for i in (4, 5):
+        h = block(i, F.leaky_relu(torch.cat([h, skips.pop()], dim=1), _LRELU))
+    h = F.leaky_relu(torch.cat([h, skips.pop()], dim=1), _LRELU)
+    return F.linear(h, w_ls[6], b_ls[6])  # (B, 2·nz): the epilogue kernel finishes the block
