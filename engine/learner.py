@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from engine.config import Config
 from engine.models import Amortizer, Networks, build_networks
 from engine.runtime.chains import Chains, ReferenceChains
-from engine.runtime.updates import optimizer_step, set_lr
+from engine.runtime.updates import GradSync, optimizer_step, set_lr
 from engine.sampling.diffusion import SamplerTable, sampler_table
 
 __all__ = [
@@ -61,6 +61,9 @@ class Learner:
     table: SamplerTable  # ancestral-sampler coefficients on the device
     rng: torch.Generator  # the run's device RNG; all draws of the iteration come from it
     iteration: int = 0  # number of completed iterations
+    # Several processes: averages a network's gradients over ranks between backward and clip (set by the trainer
+    # from engine.runtime.distributed; None for one process).
+    grad_sync: GradSync | None = None
     # How the three loops run: ReferenceChains (set by build_learner) or engine.runtime.fast.FastChains.
     chains: Chains = field(init=False, repr=False)
 
@@ -97,9 +100,9 @@ def build_learner(cfg: Config, device: torch.device, rng: torch.Generator) -> Le
 # The training iteration
 
 
-def _step(opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor, clip: float) -> Tensor:
-    """zero_grad → backward → total-norm clip (returns the pre-clip norm, on device) → step."""
-    return optimizer_step(opt, module, loss, clip)
+def _step(learner: Learner, opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor) -> Tensor:
+    """zero_grad → backward → [average over ranks] → total-norm clip (returns the pre-clip norm, on device) → step."""
+    return optimizer_step(opt, module, loss, learner.cfg.optim.grad_clip, learner.grad_sync)
 
 
 def _lr_at(lr0: float, completed: int, decay: float, every: int, floor: float) -> float:
@@ -144,7 +147,7 @@ def generator_update(learner: Learner, x: Tensor, z_pos: Tensor) -> tuple[Tensor
     with learner.chains.autocast():  # G through the chains: the fast path may rewrite its first / last layer
         x_hat = learner.chains.generator(z_pos)
     loss = (x_hat.float() - x).flatten(1).pow(2).sum(dim=1).mean()
-    return loss.detach(), _step(learner.opt_g, nets.generator, loss, learner.cfg.optim.grad_clip)
+    return loss.detach(), _step(learner, learner.opt_g, nets.generator, loss)
 
 
 def energy_update(learner: Learner, z_pos: Tensor, z_neg: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -152,7 +155,7 @@ def energy_update(learner: Learner, z_pos: Tensor, z_neg: Tensor) -> tuple[Tenso
     energy = learner.nets.energy
     e_pos, e_neg = energy(z_pos).mean(), energy(z_neg).mean()
     loss = e_pos - e_neg
-    norm = _step(learner.opt_e, energy, loss, learner.cfg.optim.grad_clip)
+    norm = _step(learner, learner.opt_e, energy, loss)
     return loss.detach(), e_pos.detach(), e_neg.detach(), norm
 
 

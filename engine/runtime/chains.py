@@ -13,6 +13,7 @@ one of the two for a plan.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -21,7 +22,14 @@ from torch import Tensor
 
 from engine.config import ChainConfig, Config
 from engine.models import Amortizer, Networks
-from engine.runtime.updates import amortizer_updates_given, draw_update_noise, losses_per_update, q_loss_given
+from engine.runtime.updates import (
+    GradSync,
+    amortizer_updates_given,
+    draw_update_noise,
+    losses_per_update,
+    optimizer_step,
+    q_loss_given,
+)
 from engine.sampling.diffusion import SamplerTable
 from engine.sampling.draws import amortizer_sample, posterior_chain, prior_chain
 
@@ -45,6 +53,7 @@ class LoopState(Protocol):
     opt_g: torch.optim.Optimizer
     opt_e: torch.optim.Optimizer
     opt_q: torch.optim.Optimizer | None
+    grad_sync: GradSync | None  # several processes: average gradients over ranks (between backward and clip)
 
     @property
     def device(self) -> torch.device: ...
@@ -148,7 +157,8 @@ class ReferenceChains:
         def loss_fn(z: Tensor, xb: Tensor, k: Tensor, xi: Tensor, u: Tensor, eps: Tensor) -> Tensor:
             return q_loss_given(net, z, xb, k, xi, u, eps, d)
 
-        return amortizer_updates_given(loss_fn, opt, net, z_pos, x, keep, noise, lr.cfg.optim.grad_clip)
+        return amortizer_updates_given(loss_fn, opt, net, z_pos, x, keep, noise, lr.cfg.optim.grad_clip,
+                                       step=functools.partial(optimizer_step, sync=lr.grad_sync))
 
     def run_iteration(self, body: IterationBody, x: Tensor) -> dict[str, Tensor]:
         return body(x)

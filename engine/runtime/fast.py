@@ -48,6 +48,7 @@ from engine.runtime.updates import (
     fill_update_noise_,
     losses_per_update,
     make_capturable,
+    optimizer_step,
     q_loss_given,
 )
 from engine.sampling.diffusion import SamplerTable
@@ -417,7 +418,7 @@ class FastChains:
         def body(bufs: dict[str, Tensor], gen: torch.Generator) -> None:
             noise = fill_update_noise_(UpdateNoise(bufs["xi"], bufs["u"], bufs["eps"]), gen)
             mean, norm = amortizer_updates_given(self._q_loss, opt, net, bufs["z"], bufs["x"], bufs["keep"], noise,
-                                                 clip)
+                                                 clip, step=functools.partial(optimizer_step, sync=lr.grad_sync))
             _emit(bufs, "loss", mean)
             _emit(bufs, "norm", norm)
 
@@ -427,7 +428,9 @@ class FastChains:
                           "eps": ((m, n_loss, b, nz), f32), "loss": ((), f32), "norm": ((), f32)}
         key = ("q_updates", tuple(x.shape), b, nz, m, n_loss)
         inputs = {"x": x, "z": z_pos, "keep": keep}
-        capturable = bool(getattr(opt, "_damc_capturable", False))
+        # The gradient all-reduce of several processes stays outside captured regions (issue 16): then the updates
+        # run eagerly (fused optimizer still), between the captured chains and sampler.
+        capturable = bool(getattr(opt, "_damc_capturable", False)) and lr.grad_sync is None
         with self._streams.fork(x, z_pos, keep) as hand_back:
             out = self._run(key, shapes, inputs, body, (), lr.rng, ("loss", "norm"),
                             state=lambda: StateSnapshot([net], [opt]), capturable=capturable)

@@ -79,8 +79,13 @@ class PerfPlan:
 REFERENCE = PerfPlan()
 
 
-def resolve(cfg: PerfConfig, device: torch.device) -> tuple[PerfPlan, str | None]:
-    """The plan for ``device`` and, when something asked for was unavailable, one log line saying so."""
+def resolve(cfg: PerfConfig, device: torch.device, world_size: int = 1) -> tuple[PerfPlan, str | None]:
+    """The plan for ``device`` and, when something asked for was unavailable, one log line saying so.
+
+    With several processes (``world_size`` > 1) the gradient all-reduce runs between backward and the optimizer
+    step, outside captured regions: the whole-iteration graph is off (the chains and the sampler stay captured,
+    and the amortizer updates run eagerly; engine/runtime/fast.py).
+    """
     fast = cfg.preset == "fast"
     want: dict[str, bool] = {name: getattr(cfg, name) == "on" or (getattr(cfg, name) == "auto" and fast)
                              for name in SWITCHES}
@@ -108,6 +113,9 @@ def resolve(cfg: PerfConfig, device: torch.device) -> tuple[PerfPlan, str | None
             want[name] = False
             if cuda:
                 dropped.append(f"{name} (needs {' and '.join(missing)})")
+    if world_size > 1 and want["iteration_graph"]:
+        want["iteration_graph"] = want["side_streams"] = False
+        dropped.append(f"iteration_graph ({world_size} processes: the gradient all-reduce stays outside CUDA graphs)")
     want["amp_unet"] = want["amp_unet"] and want["amp"]
     plan = PerfPlan(g_last=cfg.g_last, compile_mode=cfg.compile_mode, cudnn_benchmark_limit=cfg.cudnn_benchmark_limit)
     plan = dataclasses.replace(plan, **want)  # type: ignore[arg-type]  # every key is a bool field of PerfPlan

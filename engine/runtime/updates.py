@@ -44,6 +44,7 @@ __all__ = [
     "fill_update_noise_",
     "losses_per_update",
     "make_capturable",
+    "GradSync",
     "optimizer_step",
     "q_loss_given",
     "set_lr",
@@ -104,15 +105,24 @@ def q_loss_given(amortizer: AmortizerNet, z_pos: Tensor, x: Tensor, keep: Tensor
                                    d.logsnr_max))
 
 
-def optimizer_step(opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor, clip: float) -> Tensor:
-    """zero_grad → backward → total-norm clip (returns the pre-clip norm, on the device) → step.
+GradSync = Callable[[nn.Module], None]  # averages a module's gradients over ranks, in place
+
+
+def optimizer_step(opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor, clip: float,
+                   sync: GradSync | None = None) -> Tensor:
+    """zero_grad → backward → [average the gradients over ranks] → total-norm clip (returns the pre-clip norm, on
+    the device) → step.
 
     ``clip_grad_norm_`` reads nothing on the host (``error_if_nonfinite`` is off): the norm, the clip coefficient
     min(1, clip / (norm + 1e-6)) and the scaling all stay on the device, so the step is capturable once the
-    optimizer is (:func:`make_capturable`).
+    optimizer is (:func:`make_capturable`). With several processes, ``sync`` (``Distributed.average_grads_``)
+    averages the gradients *before* the clip, so every rank clips the global batch's gradient, as one process
+    training on the whole batch would.
     """
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if sync is not None:
+        sync(module)
     norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
     opt.step()
     return norm
