@@ -52,7 +52,7 @@ def test_overrides_apply_and_coerce() -> None:
         ("train.batch_size=1.5", "train.batch_size = 1.5: expected an integer"),
         ("train.batch_size=true", "train.batch_size = True: expected an integer"),
         ("optim.g_lr=fast", "optim.g_lr = 'fast': expected a number"),
-        ("langevin.prior.step_size=0", "langevin.prior.step_size = 0.0: must be > 0.0"),
+        ("langevin.prior.step_size=0", "langevin.prior.step_size = 0.0: must be >= 1e-06 and <= 10.0"),
         ("diffusion.p_uncond=1.5", "diffusion.p_uncond = 1.5: must be >= 0.0 and <= 1.0"),
         ("method=vae", "method = 'vae': allowed values are 'damc', 'lebm'"),
         ("model.arch=imagenet", "model.arch = 'imagenet': allowed values are 'cifar10'"),
