@@ -44,8 +44,7 @@ def one_line(text: str) -> str:
 def describe_os_error(exc: OSError) -> str:
     """``'<file>: No space left on device (disk full)'``: the file, the cause, and a hint for the usual ones."""
     cause = exc.strerror or (os.strerror(exc.errno) if exc.errno else "") or type(exc).__name__
-    hint = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (disk quota exceeded)",
-            errno.EROFS: " (read-only file system)"}.get(exc.errno or 0, "")
+    hint = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (disk quota exceeded)"}.get(exc.errno or 0, "")
     where = exc.filename if exc.filename is not None else ""
     return f"{where}: {cause}{hint}" if where else f"{cause}{hint}"
 
@@ -65,6 +64,8 @@ def run_cli(body: Callable[[], int], *, expected: tuple[type[BaseException], ...
     """
     try:
         return body()
+    except SystemExit as exc:  # argparse: --help (0) or a usage error already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     except UserError as exc:
         _error(str(exc))
         return exc.exit_code

@@ -108,6 +108,7 @@ def _coerce(path: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> A
         return value
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported annotation for {path}: {tp}")  # keep the schema simple
+    given = value
     if tp is float and isinstance(value, str):
         # YAML 1.1 reads "2e-4" (no dot) as a string; accept it as the number it plainly is.
         with contextlib.suppress(ValueError):
@@ -131,7 +132,7 @@ def _coerce(path: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> A
         except OverflowError:  # an integer too large for a float
             value = math.inf
         if not math.isfinite(value):
-            raise ConfigError(f"{path} = {show(value)}: must be a finite number {allowed_range(meta)}")
+            raise ConfigError(f"{path} = {show(given)}: must be a finite number {allowed_range(meta)}")
     if tp is str:
         check_text(path, value)
     return value

@@ -49,7 +49,11 @@ def _open_checked(path: Path, data: Any = None) -> Any:
         # We check the size ourselves below; PIL's warning would add a second stderr line for the same problem.
         # catch_warnings swaps process-wide state, hence the lock (only the header is parsed under it).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data) if data is not None else path)
+        try:
+            im = Image.open(io.BytesIO(data) if data is not None else path)
+        except Image.DecompressionBombError as exc:  # PIL's own refusal above twice its limit
+            raise _TooLarge(f"image file {path}: {exc} (a decompression bomb or a wrong file); remove or shrink "
+                            "it") from None
     w, h = im.size
     if w * h > MAX_IMAGE_PIXELS:
         im.close()

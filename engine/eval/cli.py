@@ -277,7 +277,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     device = system.resolve_device(SystemConfig(device=args.device))
     check_fits(cfg, device, batch=args.batch, what=f"evaluation at --batch {args.batch}")
     data = _load_data(plan, args)
-    learner = checkpoint.load_run(plan.run_dir, device, plan.ckpt)
+    try:
+        learner = checkpoint.load_run(plan.run_dir, device, plan.ckpt)
+    except CheckpointError as exc:
+        if args.checkpoint:
+            raise
+        raise CheckpointError(f"{exc}{checkpoint.describe_fallback(plan.run_dir, plan.ckpt)}") from None
     learner.nets.generator.eval()
     sigma = args.sigma if args.sigma is not None else cfg.langevin.likelihood_sigma
     lebm_s = args.lebm_step_size if args.lebm_step_size is not None else cfg.eval.lebm_step_size

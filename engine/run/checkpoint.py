@@ -34,6 +34,7 @@ from engine.run.budget import human_bytes
 from engine.runtime import system
 
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
+_CUDA_RNG_BYTES = 16  # a CUDA generator's state (seed + offset); a CPU generator's is torch.get_rng_state()'s size
 SET_ASIDE_SUFFIX = ".set-aside"
 
 
@@ -117,9 +118,12 @@ def check_state(state: dict[str, Any], path: Path) -> None:
     for key in [*nets, *opts, "data"]:
         if not isinstance(state.get(key), dict):
             raise _fail(path, f"'{key}' is missing or not a mapping")
-    for key in ("rng", "cpu_rng"):
-        if not isinstance(state.get(key), torch.Tensor) or state[key].dtype != torch.uint8:
-            raise _fail(path, f"'{key}' is missing or not a generator state (uint8 tensor)")
+    cpu_size = torch.get_rng_state().numel()
+    for key, sizes in (("rng", (cpu_size, _CUDA_RNG_BYTES)), ("cpu_rng", (cpu_size,))):
+        t = state.get(key)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.numel() not in sizes:
+            want = " or ".join(map(str, sizes))
+            raise _fail(path, f"'{key}' is missing or not a generator state (uint8 tensor of {want} bytes)")
     for key in nets:
         for name, t in state[key].items():
             if not isinstance(t, torch.Tensor):
@@ -136,8 +140,10 @@ def check_state(state: dict[str, Any], path: Path) -> None:
         raise _fail(path, "data position: 'permutation' is not a 1-D int64 tensor")
     if not torch.equal(perm.sort().values, torch.arange(perm.numel())):
         raise _fail(path, f"data position: 'permutation' is not a permutation of 0..{perm.numel() - 1}")
-    if not isinstance(data["epoch"], int) or data["epoch"] < 0 or not isinstance(data["position"], int):
-        raise _fail(path, f"data position: epoch {data['epoch']!r} / position {data['position']!r} are invalid")
+    epoch, position = data["epoch"], data["position"]
+    if not isinstance(epoch, int) or epoch < 0 or not isinstance(position, int) or not 0 <= position <= perm.numel():
+        raise _fail(path, f"data position: epoch {epoch!r} / position {position!r} are invalid for "
+                    f"{perm.numel()} images")
 
 
 def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path | None = None) -> None:
@@ -170,10 +176,12 @@ def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path 
     learner.iteration = int(state["iteration"])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """``'RuntimeError: <message on one line, at most limit chars>'`` (load_state_dict puts the cause on line 2)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def estimate_bytes(learner: Learner) -> int:
@@ -235,7 +243,8 @@ def load(path: Path) -> dict[str, Any]:
         raise _fail(path, "holds Python objects that a weights-only load refuses (not written by this engine, "
                     "or altered); not loaded") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise _fail(path, f"is truncated or corrupt ({_first_line(exc)}, {human_bytes(size)})") from None
+        first = _first_line(exc).split(". ")[0].rstrip(".")  # torch adds advice sentences after the cause
+        raise _fail(path, f"is truncated or corrupt ({first}; {human_bytes(size)})") from None
     except OSError as exc:
         raise _fail(path, f"cannot be read ({describe_os_error(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - any other unpickling failure means the same thing to the user

@@ -155,8 +155,12 @@ def train(cfg: Config, checkpoint_path: Path | None = None, argv: list[str] | No
         if perf_note:
             notes.append(perf_note)
         system.apply_perf(plan, device)
-        if start.state is not None:
-            checkpoint.restore(learner, stream, start.state, start.state_path)
+        if start.state is not None and start.state_path is not None:
+            try:
+                checkpoint.restore(learner, stream, start.state, start.state_path)
+            except checkpoint.CheckpointError as exc:
+                raise checkpoint.CheckpointError(
+                    f"{exc}{checkpoint.describe_fallback(start.run_dir, start.state_path)}") from None
         # Nothing has been written so far. From here on the run directory is ours.
         lock = start.lock
         if lock is None:
@@ -391,8 +395,8 @@ def _main(argv: list[str] | None) -> int:
     if args.dry_run:
         sys.stdout.write(dump_config(cfg))
         return 0
-    train(cfg, Path(args.checkpoint) if args.checkpoint else None, argv=None if argv is None else
-          ["python -m engine.train", *argv])
+    train(cfg, Path(args.checkpoint) if args.checkpoint else None,
+          argv=["python -m engine.train", *(sys.argv[1:] if argv is None else argv)])
     return 0
 
 
