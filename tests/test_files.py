@@ -45,7 +45,8 @@ class _FullDisk:
 
 
 @pytest.mark.parametrize("budget", [0, 10, 1000, 100_000])
-def test_enospc_at_the_file_write_during_torch_save_leaves_the_old_file(tmp_path: Path, monkeypatch, budget: int) -> None:  # type: ignore[no-untyped-def]
+def test_enospc_at_the_file_write_during_torch_save_leaves_the_old_file(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                        budget: int) -> None:
     path = tmp_path / "ckpt-0000001.pt"
     atomic_write(path, lambda f: torch.save({"old": torch.ones(3)}, f))
     before = path.read_bytes()
