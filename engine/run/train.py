@@ -138,6 +138,7 @@ def train(cfg: Config, checkpoint_path: Path | None = None, argv: list[str] | No
     # Notices are printed once start-up has succeeded: a refused start prints its one error line only.
     notes: list[str] = [layout_note] if layout_note else []
     try:
+        _tensorboard_writer(cfg)
         folder_dali = cfg.data.loader == "dali" or (cfg.data.loader == "auto" and device.type == "cuda"
                                                     and dali_available())
         data = load_data(cfg, dali_folder=folder_dali)
@@ -198,22 +199,24 @@ def _prepare_dir(run_dir: Path, lock: RunLock, learner: Learner, start: Any, arg
         _say(note)
 
 
-def _tensorboard(cfg: Config, run_dir: Path) -> Any:
+def _tensorboard_writer(cfg: Config) -> Any:
+    """The SummaryWriter class when ``log.tensorboard`` is on (checked at start-up), else None."""
     if not cfg.log.tensorboard:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise TrainingStopped("log.tensorboard = true: needs the tensorboard package (pip install tensorboard)") \
+        raise ConfigError("log.tensorboard = true: needs the tensorboard package (pip install tensorboard)") \
             from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return SummaryWriter
 
 
 def _run(cfg: Config, run_dir: Path, lock: RunLock, learner: Learner, stream: Loader, loader_kind: str,
          x_test: torch.Tensor, plan: perf.PerfPlan, start: Any, n_train: int, argv: list[str] | None) -> Path:
     try:
         _prepare_dir(run_dir, lock, learner, start, argv)
-        tb = _tensorboard(cfg, run_dir)
+        writer = _tensorboard_writer(cfg)
+        tb = writer(log_dir=str(run_dir / "tensorboard")) if writer is not None else None
         atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
         if start.state is not None:
             _say(f"resumed {run_dir} at iteration {learner.iteration} from {start.state_path.name}")

@@ -29,8 +29,9 @@ def resolve_device(cfg: SystemConfig) -> torch.device:
 def setup(cfg: SystemConfig) -> torch.device:
     """Device and CPU threads. ``system.threads`` (default 1) sets torch's intra-op threads; 0 keeps torch's
     default (one per core, or ``OMP_NUM_THREADS``). One thread is the default because OpenMP workers that
-    wait for each other collapse on a shared or busy CPU (README: 0.2 s/iteration with one thread against up
-    to 2.4 s with two on a loaded 2-core machine); the GPU path does not depend on CPU threads."""
+    wait for each other collapse on a shared or busy CPU (README, "CPU threads": 0.2-2.8 s per quickstart
+    iteration with one thread against up to 47 s with two on a loaded 2-core machine); the GPU path does not
+    depend on CPU threads."""
     device = resolve_device(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -315,6 +315,8 @@ def _poison(monkeypatch, at: int, what: str) -> None:  # type: ignore[no-untyped
             elif what == "weights":
                 with torch.no_grad():
                     next(learner.nets.generator.parameters()).fill_(float("nan"))
+            elif what == "second-signal":  # what the handler raises on a second SIGINT/SIGTERM
+                raise KeyboardInterrupt
             elif what == "sigint":
                 out["loss_e"] = out["loss_e"] * float("nan")
                 os.kill(os.getpid(), signal.SIGINT)
@@ -331,6 +333,16 @@ def test_sigint_during_a_diverged_run_is_one_line(tmp_path: Path, monkeypatch, c
     line = one_error_line(capsys.readouterr().err, only=False)
     assert "non-finite loss_e (iteration 3)" in line and "kept the last good checkpoint ckpt-0000002.pt" in line
     assert [p.name for p in checkpoint.list_checkpoints(run)] == ["ckpt-0000002.pt"]
+
+
+def test_a_second_signal_stops_at_once_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    _poison(monkeypatch, 3, "second-signal")
+    run = tmp_path / "run"
+    assert main([QUICK, *TINY, f"log.run_dir={run}", "train.iterations=50", "log.checkpoint_every=2"]) == 130
+    line = one_error_line(capsys.readouterr().err, only=False)
+    assert "stopped at once by a second signal at iteration 3" in line  # iteration 3 ran, its bookkeeping did not
+    assert "intact: the latest checkpoint ckpt-0000002.pt, metrics.jsonl up to iteration 2" in line
+    assert iterations(run) == [1, 2] and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_divergence_is_caught_before_a_grid(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
