@@ -35,7 +35,7 @@ from engine.run.budget import check_fits
 from engine.run.guard import DivergenceGuard
 from engine.run.images import save_grid
 from engine.run.rundir import RunLock, prepare_metrics, remove_stale_files
-from engine.run.startup import create_run_dir, load_data, open_run, resolve_layout, undo_create
+from engine.run.startup import Start, create_run_dir, load_data, open_run, resolve_layout, undo_create
 from engine.runtime import perf, system
 from engine.runtime.fast import build_chains
 
@@ -184,7 +184,7 @@ def train(cfg: Config, checkpoint_path: Path | None = None, argv: list[str] | No
         torch.set_num_threads(threads)
 
 
-def _prepare_dir(run_dir: Path, lock: RunLock, learner: Learner, start: Any, argv: list[str] | None) -> None:
+def _prepare_dir(run_dir: Path, lock: RunLock, learner: Learner, start: Start, argv: list[str] | None) -> None:
     lock.claim(argv)
     removed = remove_stale_files(run_dir)
     if removed:
@@ -212,19 +212,19 @@ def _tensorboard_writer(cfg: Config) -> Any:
 
 
 def _run(cfg: Config, run_dir: Path, lock: RunLock, learner: Learner, stream: Loader, loader_kind: str,
-         x_test: torch.Tensor, plan: perf.PerfPlan, start: Any, n_train: int, argv: list[str] | None) -> Path:
+         x_test: torch.Tensor, plan: perf.PerfPlan, start: Start, n_train: int, argv: list[str] | None) -> Path:
     try:
         _prepare_dir(run_dir, lock, learner, start, argv)
         writer = _tensorboard_writer(cfg)
         tb = writer(log_dir=str(run_dir / "tensorboard")) if writer is not None else None
         atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
-        if start.state is not None:
+        if start.state_path is not None:
             _say(f"resumed {run_dir} at iteration {learner.iteration} from {start.state_path.name}")
         learner.chains = build_chains(learner, plan)  # after restore: graphs capture the restored weights in place
         return _loop(cfg, run_dir, learner, stream, loader_kind, plan, n_train, x_test, tb)
     except OSError as exc:  # before the loop: config.yaml, the lock note, metrics repair
-        raise TrainingStopped(f"run directory {run_dir}: {describe_os_error(exc)}; nothing of the run was "
-                              "changed") from None
+        raise TrainingStopped(f"run directory {run_dir}: {describe_os_error(exc)}; its checkpoints and "
+                              "metrics are intact") from None
     finally:
         lock.release()
 
