@@ -298,11 +298,13 @@ def _loop(cfg: Config, run_dir: Path, learner: Learner, stream: Loader, loader_k
                         t_last, last_it = now, it
                     if bar is not None:
                         bar.update(1)
+                    # The checkpoint first: a failure while drawing grids (memory, disk) never costs it. Grids read
+                    # no RNG and change no state, so the order does not change what is saved.
+                    if it % cfg.log.checkpoint_every == 0 or it == total:
+                        save()
                     if it % cfg.log.sample_every == 0 or (it == total and cfg.log.final_grids):
                         check()  # never draw grids of a diverged model
                         write_grids(learner, x_test, run_dir, cfg.train.seed + 1)
-                    if it % cfg.log.checkpoint_every == 0:
-                        save()
                 except _Diverged as div:
                     kept = checkpoint.latest_checkpoint(run_dir)
                     where = f"kept the last good checkpoint {kept.name}" if kept else "no checkpoint had been written"

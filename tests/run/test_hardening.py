@@ -504,3 +504,16 @@ def test_a_real_ctrl_c_at_any_moment_of_start_up_is_one_line(tmp_path: Path, del
     else:
         assert proc.returncode == 0 and "stopped by SIGINT" in err, err
         checkpoint.load(checkpoint.latest_checkpoint(run))  # type: ignore[arg-type]
+
+
+def test_a_failure_in_the_final_grids_never_costs_the_final_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    def full(*a, **k):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "samples_damc_0000003.png"))
+
+    monkeypatch.setattr(train_mod, "write_grids", full)
+    run = tmp_path / "run"
+    assert main([QUICK, *TINY, f"log.run_dir={run}", "train.iterations=3"]) == 1
+    line = one_error_line(capsys.readouterr().err, only=False)
+    assert "samples_damc_0000003.png: No space left on device (disk full) at iteration 3" in line
+    assert "intact: the latest checkpoint ckpt-0000003.pt" in line
+    assert checkpoint.load(run / "ckpt-0000003.pt")["iteration"] == 3
