@@ -1,32 +1,50 @@
 """Typed run configuration: dataclasses loaded from YAML, with ``a.b=value`` overrides.
 
 Every default is the authors' code value (spec ``damc.md`` §3, marked [code]); where the paper differs,
-the paper's value is reachable through an option named in the field's comment. Validation happens
-before anything runs: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
-with one line naming the field, the value and what is allowed.
+the paper's value is reachable through an option named in the field's doc. Validation happens before
+anything runs: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` with one
+line naming the field, the value and what is allowed.
+
+One mechanism (:mod:`engine.schema`) bounds every number: each ``int`` / ``float`` field carries a
+lower *and* an upper bound (checked at import: a field without both is a programming error), every float
+must also be finite (``inf``, ``nan``, ``1e400`` are refused), and every string must be UTF-8 text without
+control characters. The bounds are sanity limits, documented in ``--show-config``; whether the sizes fit
+the machine's memory is estimated separately before any work (:mod:`engine.run.budget`). YAML is read
+strictly: a duplicate key and a YAML 1.1 surprise (``010`` read as octal 8, ``1:30`` read as 90) are
+refused with one line instead of silently winning.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from engine.schema import (
+    ConfigError,
+    YamlProblem,
+    allowed_range,
+    build,
+    check_text,
+    describe_type,
+    load_yaml,
+    require_bounds,
+    show,
+)
+from engine.schema import doc as _opt
+from engine.schema import num as _num
+from engine.schema import section as _section
 
-class ConfigError(ValueError):
-    """A config value is unknown, mistyped or out of range. The message is one line."""
+__all__ = ["RESUMABLE_CHANGES", "SEED_MAX", "ChainConfig", "Config", "ConfigError", "DataConfig", "DiffusionConfig",
+           "EvalConfig", "LangevinConfig", "LogConfig", "ModelConfig", "OptimConfig", "PerfConfig", "SystemConfig",
+           "TrainConfig", "describe_fields", "dump_config", "from_dict", "load_config", "parse_override",
+           "resume_differences", "to_dict", "validate"]
 
-
-def _num(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-         lt: float | None = None) -> Any:
-    """A numeric field with an allowed range, checked by :func:`validate`."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+SEED_MAX = 2**32 - 1  # seeds are offset (+1 for grids, +1,000,003 per rollback) and must stay within 64 bits
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -37,130 +55,138 @@ def _num(default: Any, *, ge: float | None = None, gt: float | None = None, le: 
 class ModelConfig:
     """Network sizes (spec §1). Layer stacks are fixed per ``arch``; widths are parameters."""
 
-    arch: Literal["cifar10", "svhn", "celeba64", "celebahq256", "mnist", "digits"] = "cifar10"
-    nz: int = _num(128, ge=1)  # latent dimension: cifar10 128, svhn 100, celeba64 100, celebahq 128, mnist 8
-    ngf: int = _num(128, ge=1)  # generator base width (svhn 64)
-    ndf: int = _num(200, ge=1)  # energy MLP hidden width
-    nif: int = _num(64, ge=1)  # encoder base width ([code] MNIST uses 128; [paper] 64)
-    nemb: int = _num(1024, ge=1)  # image embedding (context) width
-    unet_nf: int = _num(4, ge=1)  # U-Net width factor f (blocks 32·f and 64·f wide); Table S6 ablates it
-    ntemb: int = _num(128, ge=4)  # sinusoidal time-embedding width (even: sin and cos halves)
+    arch: Literal["cifar10", "svhn", "celeba64", "celebahq256", "mnist", "digits"] = _opt(
+        "cifar10", "network layout and image size (digits: 8x8 grey, mnist 28x28, cifar10/svhn 32, celeba64, "
+        "celebahq256)")
+    nz: int = _num(128, ge=1, le=16384, doc="latent dimension: cifar10 128, svhn 100, celeba64 100, celebahq 128, "
+                   "mnist 8")
+    ngf: int = _num(128, ge=1, le=4096, doc="generator base width (svhn 64)")
+    ndf: int = _num(200, ge=1, le=65536, doc="energy MLP hidden width")
+    nif: int = _num(64, ge=1, le=4096, doc="encoder base width ([code] MNIST uses 128; [paper] 64)")
+    nemb: int = _num(1024, ge=1, le=65536, doc="image embedding (context) width")
+    unet_nf: int = _num(4, ge=1, le=256, doc="U-Net width factor f (blocks 32*f and 64*f wide; Table S6)")
+    ntemb: int = _num(128, ge=4, le=65536, doc="sinusoidal time-embedding width (even: sin and cos halves)")
 
 
 @dataclass
 class DataConfig:
     """Where the training images come from, in the datasets' distributed formats (spec §3, §4)."""
 
-    # cifar10: cifar-10-batches-py (or the .tar.gz) under root; svhn: train_32x32.mat / test_32x32.mat;
-    # mnist: the four IDX files (anomaly split, spec §4); folder: images under root/<split subdir>;
-    # digits: the 8x8 set inside scikit-learn (quickstart).
-    source: Literal["digits", "folder", "mnist", "cifar10", "svhn"] = "folder"
-    root: str = ""  # directory holding the dataset files
-    download: bool = True  # cifar10 / svhn / mnist: fetch the official files when absent (checksums verified)
-    # Batch loader (engine/data/loaders.py). auto: GPU-resident when the decoded set fits 1/4 of the GPU, DALI for
-    # larger folders (if installed), else the CPU loader; all give the same sample order and resumable state.
-    loader: Literal["auto", "dali", "gpu", "torch"] = "auto"
-    train_subdir: str = "train"
-    test_subdir: str = "test"
-    flip: bool = True  # RandomHorizontalFlip(0.5); off for MNIST / digits
-    limit: int = _num(0, ge=0)  # 0 = all images; >0 caps the number of files read (smoke runs)
-    heldout_digit: int = _num(1, ge=0, le=9)  # mnist: the anomalous class (spec §4)
+    source: Literal["digits", "folder", "mnist", "cifar10", "svhn"] = _opt(
+        "folder", "cifar10: python batches under root; svhn: the .mat files; mnist: the four IDX files; folder: "
+        "images under root/<train_subdir>, root/<test_subdir>; digits: scikit-learn's 8x8 set. cifar10/svhn/mnist "
+        "read a root of train/ and test/ image folders as 'folder' (with a notice)")
+    root: str = _opt("", "directory holding the dataset files")
+    download: bool = _opt(True, "cifar10 / svhn / mnist: fetch the official files when absent (checksums verified)")
+    loader: Literal["auto", "dali", "gpu", "torch"] = _opt(
+        "auto", "batch loader; auto: GPU-resident when the decoded set fits 1/4 of the GPU, DALI for larger folders "
+        "(if installed), else the CPU loader; all give the same sample order")
+    train_subdir: str = _opt("train", "folder source: training split subfolder")
+    test_subdir: str = _opt("test", "folder source: test split subfolder (reconstruction grids, MSE)")
+    flip: bool = _opt(True, "RandomHorizontalFlip(0.5); off for MNIST / digits")
+    limit: int = _num(0, ge=0, le=2**31 - 1, doc="0 = all images; >0 reads only the first N files (smoke runs)")
+    heldout_digit: int = _num(1, ge=0, le=9, doc="mnist: the anomalous class (spec §4)")
 
 
 @dataclass
 class DiffusionConfig:
     """The latent diffusion amortizer Q (spec §2) and how it is trained (spec §3 step 5, §2 EMA)."""
 
-    n_steps: int = _num(100, ge=2)  # ancestral sampling steps (n_interval); the paper ablates 10 / 50
-    logsnr_min: float = -5.1
-    logsnr_max: float = 9.8
-    p_uncond: float = _num(0.2, ge=0.0, le=1.0)  # probability that a training row uses the random null token
-    # "mask": each row is conditional or unconditional with p_uncond (image runs);
-    # "both": each update sums the conditional and unconditional losses (MNIST anomaly script).
-    uncond_loss: Literal["mask", "both"] = "mask"
-    updates_per_iter: int = _num(6, ge=0)  # M amortizer updates per iteration
-    sampler_noise: bool = True  # Q_with_noise
-    ema_decay: float = _num(0.995, ge=0.0, le=1.0)
-    ema_every: int = _num(10, ge=1)
-    # [code] the EMA copy initialises both training chains; [paper] Listing 2 uses the online Q.
-    init_from: Literal["ema", "online"] = "ema"
+    n_steps: int = _num(100, ge=2, le=10_000, doc="ancestral sampling steps (n_interval); the paper ablates 10 / 50")
+    logsnr_min: float = _num(-5.1, ge=-30.0, le=30.0, doc="log-SNR at t = 1 (the network clamps to +-20)")
+    logsnr_max: float = _num(9.8, ge=-30.0, le=30.0, doc="log-SNR at t = 0; must exceed logsnr_min")
+    p_uncond: float = _num(0.2, ge=0.0, le=1.0, doc="probability that a training row uses the random null token")
+    uncond_loss: Literal["mask", "both"] = _opt(
+        "mask", "mask: each row conditional or not with p_uncond (image runs); both: conditional + unconditional "
+        "loss per update (MNIST anomaly script)")
+    updates_per_iter: int = _num(6, ge=0, le=1000, doc="M amortizer updates per iteration")
+    sampler_noise: bool = _opt(True, "noise in the ancestral sampler (Q_with_noise)")
+    ema_decay: float = _num(0.995, ge=0.0, le=1.0, doc="EMA decay of the amortizer copy that starts the chains")
+    ema_every: int = _num(10, ge=1, le=10**9, doc="iterations between EMA updates")
+    init_from: Literal["ema", "online"] = _opt(
+        "ema", "[code] the EMA copy initialises both training chains; [paper] Listing 2 uses the online Q")
 
 
 @dataclass
 class ChainConfig:
-    """One Langevin chain: z ← z − ½s²∇U(z) + s·ε (paper eq. 3 / 16)."""
+    """One Langevin chain: z <- z - s^2/2 grad U(z) + s eps (paper eq. 3 / 16)."""
 
-    n_steps: int = _num(30, ge=0)
-    step_size: float = _num(0.1, gt=0.0)
-    noise: bool = True
+    n_steps: int = _num(30, ge=0, le=10_000, doc="Langevin steps")
+    step_size: float = _num(0.1, ge=1e-6, le=10.0, doc="step size s")
+    noise: bool = _opt(True, "add s*eps (false: noise-free gradient steps)")
 
 
 @dataclass
 class LangevinConfig:
     """Training-time chains (spec §3 steps 3-4)."""
 
-    posterior: ChainConfig = field(default_factory=lambda: ChainConfig(n_steps=30, step_size=0.1))
-    # [code] 0.4 (the LEBM default); [paper] says 0.1 for both chains.
-    prior: ChainConfig = field(default_factory=lambda: ChainConfig(n_steps=60, step_size=0.4))
-    likelihood_sigma: float = _num(0.1, gt=0.0)  # σ of N(G(z), σ²I): 0.1 image runs, 1.0 MNIST
-    # Prior-chain start for DAMC: the amortizer's draws plus as many N(0, I) chains (2B, image runs),
-    # or the draws alone (B, MNIST anomaly script). LEBM always starts B chains from N(0, I).
-    prior_init: Literal["posterior_and_noise", "posterior"] = "posterior_and_noise"
+    posterior: ChainConfig = _section(lambda: ChainConfig(n_steps=30, step_size=0.1),
+                                      "posterior chain (30 steps, s 0.1)")
+    prior: ChainConfig = _section(lambda: ChainConfig(n_steps=60, step_size=0.4),
+                                  "prior chain (60 steps; [code] s 0.4, [paper] 0.1)")
+    likelihood_sigma: float = _num(0.1, ge=1e-4, le=100.0, doc="sigma of N(G(z), sigma^2 I): 0.1 image runs, 1.0 MNIST")
+    prior_init: Literal["posterior_and_noise", "posterior"] = _opt(
+        "posterior_and_noise", "DAMC prior-chain start: the amortizer's draws plus as many N(0, I) chains (2B, image "
+        "runs) or the draws alone (MNIST anomaly script)")
 
 
 @dataclass
 class OptimConfig:
     """Optimizers (spec §3 table) and the step-wise learning-rate decay."""
 
-    g_lr: float = _num(2e-4, gt=0.0)
-    e_lr: float = _num(1e-4, gt=0.0)
-    q_lr: float = _num(2e-4, gt=0.0)
-    beta1: float = _num(0.5, ge=0.0, lt=1.0)
-    beta2: float = _num(0.999, ge=0.0, lt=1.0)
-    q_weight_decay: float = _num(1e-4, ge=0.0)  # AdamW for Q; 0 in the MNIST script
-    grad_clip: float = _num(100.0, gt=0.0)  # total-norm clip for every network
-    lr_decay: float = _num(0.99, gt=0.0, le=1.0)
-    lr_decay_every: int = _num(1000, ge=1)
-    lr_min: float = _num(1e-5, ge=0.0)
+    g_lr: float = _num(2e-4, gt=0.0, le=1.0, doc="generator Adam learning rate")
+    e_lr: float = _num(1e-4, gt=0.0, le=1.0, doc="energy Adam learning rate")
+    q_lr: float = _num(2e-4, gt=0.0, le=1.0, doc="amortizer AdamW learning rate")
+    beta1: float = _num(0.5, ge=0.0, lt=1.0, doc="Adam beta1 (all networks)")
+    beta2: float = _num(0.999, ge=0.0, lt=1.0, doc="Adam beta2 (all networks)")
+    q_weight_decay: float = _num(1e-4, ge=0.0, le=10.0, doc="AdamW weight decay for Q; 0 in the MNIST script")
+    grad_clip: float = _num(100.0, gt=0.0, le=1e9, doc="total-norm gradient clip for every network")
+    lr_decay: float = _num(0.99, gt=0.0, le=1.0, doc="learning-rate factor every lr_decay_every iterations")
+    lr_decay_every: int = _num(1000, ge=1, le=10**9, doc="iterations between learning-rate decays")
+    lr_min: float = _num(1e-5, ge=0.0, le=1.0, doc="learning-rate floor")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _num(128, ge=1)
-    iterations: int = _num(200_000, ge=1)  # the paper: "converges within 200K"
-    seed: int = _num(0, ge=0)
-    # Non-finite losses, energies or latents: "stop" keeps the last good checkpoint and exits;
-    # "rollback" reloads it and continues with a different seed (at most max_rollbacks times).
-    on_divergence: Literal["stop", "rollback"] = "stop"
-    max_rollbacks: int = _num(3, ge=0)
+    batch_size: int = _num(128, ge=1, le=65536, doc="images per iteration")
+    iterations: int = _num(200_000, ge=1, le=10**9, doc='total iterations (the paper: "converges within 200K")')
+    seed: int = _num(0, ge=0, le=SEED_MAX, doc="seed of the run (initialisation, chains, data order)")
+    on_divergence: Literal["stop", "rollback"] = _opt(
+        "stop", "non-finite losses, energies, latents or weights: stop keeping the last good checkpoint, or "
+        "rollback to it with a new seed (at most max_rollbacks times)")
+    max_rollbacks: int = _num(3, ge=0, le=100, doc="rollbacks allowed before the run stops")
 
 
 @dataclass
 class EvalConfig:
     """Sample grids written during training (spec §4 protocols, small counts)."""
 
-    n_samples: int = _num(64, ge=1)  # images per grid
-    lebm_steps: int = _num(100, ge=0)  # Langevin prior sampling from N(0, I) for the "LEBM" grid
-    lebm_step_size: float = _num(0.4, gt=0.0)
-    recon_steps: int = _num(10, ge=0)  # noise-free posterior steps after the conditional draw
-    recon_step_size: float = _num(0.1, gt=0.0)
+    n_samples: int = _num(64, ge=1, le=4096, doc="images per grid")
+    lebm_steps: int = _num(100, ge=0, le=100_000, doc="Langevin prior steps from N(0, I) for the LEBM grid")
+    lebm_step_size: float = _num(0.4, ge=1e-6, le=10.0, doc="step size of the LEBM grid's chain")
+    recon_steps: int = _num(10, ge=0, le=100_000, doc="noise-free posterior steps after the conditional draw")
+    recon_step_size: float = _num(0.1, ge=1e-6, le=10.0, doc="step size of the reconstruction steps")
 
 
 @dataclass
 class LogConfig:
-    run_dir: str = "runs/default"
-    log_every: int = _num(50, ge=1)  # metrics line + divergence check (the only host reads of losses)
-    sample_every: int = _num(1000, ge=1)  # PNG grids
-    checkpoint_every: int = _num(5000, ge=1)  # plus one at the end and on SIGINT/SIGTERM
-    keep_checkpoints: int = _num(3, ge=1)  # the newest K are kept
-    progress: bool = True  # tqdm progress bar; false (or --quiet) for batch jobs
-    tensorboard: bool = False  # event files beside metrics.jsonl (needs the tensorboard package)
+    run_dir: str = _opt("runs/default", "run directory (config, metrics, grids, checkpoints); an existing one resumes")
+    log_every: int = _num(50, ge=1, le=10**9, doc="iterations between metrics lines and divergence checks")
+    sample_every: int = _num(1000, ge=1, le=10**9, doc="iterations between PNG grids")
+    checkpoint_every: int = _num(5000, ge=1, le=10**9, doc="iterations between checkpoints (plus one at the end and "
+                                 "on SIGINT/SIGTERM)")
+    keep_checkpoints: int = _num(3, ge=1, le=10_000, doc="the newest K checkpoints are kept")
+    final_grids: bool = _opt(True, "draw grids at the last iteration even when it is not a multiple of sample_every "
+                             "(false for smoke runs: CIFAR-size grids take ~100 s on a CPU)")
+    progress: bool = _opt(True, "tqdm progress bar; false (or --quiet) for batch jobs")
+    tensorboard: bool = _opt(False, "event files beside metrics.jsonl (needs the tensorboard package)")
 
 
 @dataclass
 class SystemConfig:
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
-    threads: int = _num(0, ge=0)  # CPU intra-op threads; 0 = torch default
+    device: Literal["auto", "cpu", "cuda"] = _opt("auto", "auto: CUDA when present, else CPU")
+    threads: int = _num(1, ge=0, le=512, doc="CPU intra-op threads (0 = torch's default, one per core); 1 is robust "
+                        "on shared or busy CPUs, see README")
 
 
 Switch = Literal["auto", "on", "off"]
@@ -176,107 +202,48 @@ class PerfConfig:
     with one log line.
     """
 
-    preset: Literal["reference", "fast"] = "reference"
-    graphs: Switch = "auto"  # the 30/60-step chains and the 100-step sampler as CUDA graphs
-    compile: Switch = "auto"  # torch.compile of the per-step functions
-    amp: Switch = "auto"  # bf16 autocast for G, encoder and U-Net (z, updates, energies stay fp32)
-    kernels: Switch = "auto"  # fused Triton Langevin / ancestral-step kernels
-    channels_last: Switch = "auto"
-    tf32: Switch = "auto"  # TF32 for the remaining fp32 matmuls / convolutions
-    cudnn_benchmark: Switch = "auto"
+    preset: Literal["reference", "fast"] = _opt("reference", "reference: eager fp32 (the authors' arithmetic); fast: "
+                                               "every speed-up the device supports")
+    graphs: Switch = _opt("auto", "the 30/60-step chains and the 100-step sampler as CUDA graphs")
+    compile: Switch = _opt("auto", "torch.compile of the per-step functions")
+    amp: Switch = _opt("auto", "bf16 autocast for G, encoder and U-Net (z, updates, energies stay fp32)")
+    kernels: Switch = _opt("auto", "fused Triton Langevin / ancestral-step kernels")
+    channels_last: Switch = _opt("auto", "channels_last memory format for the convolutions")
+    tf32: Switch = _opt("auto", "TF32 for the remaining fp32 matmuls / convolutions")
+    cudnn_benchmark: Switch = _opt("auto", "cudnn autotuning")
     # Issue 14 (engine/runtime/{updates,sampler,convt}.py; the GPU benchmark decides the defaults):
-    iteration_graph: Switch = "auto"  # the whole iteration as one CUDA graph (needs graphs and fused_optim)
-    fused_optim: Switch = "auto"  # fused, capturable Adam/AdamW with the LR as a device tensor
-    hoist_sampler: Switch = "auto"  # the U-Net's z-independent context for all 100 steps at once, merged GEMMs
-    amp_unet: Switch = "auto"  # with amp: the U-Net in bf16 too (off: fp32, TF32 if on); the encoder follows amp
-    side_streams: Switch = "off"  # in the iteration graph: prior chain beside the posterior, Q beside G and E
-    g_gemm_first: Switch = "off"  # G's first ConvTranspose2d (1×1 input) as one GEMM
-    g_last: Literal["convt", "convt_pad", "conv_pad"] = "convt"  # G's 3-channel last layer, channels padded to 8
-    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
-    cudnn_benchmark_limit: int = _num(10, ge=0)  # algorithms cudnn autotuning tries per conv (0: all)
+    iteration_graph: Switch = _opt("auto", "the whole iteration as one CUDA graph (needs graphs and fused_optim)")
+    fused_optim: Switch = _opt("auto", "fused, capturable Adam/AdamW with the LR as a device tensor")
+    hoist_sampler: Switch = _opt("auto", "the U-Net's z-independent context for all 100 steps at once, merged GEMMs")
+    amp_unet: Switch = _opt("auto", "with amp: the U-Net in bf16 too (off: fp32, TF32 if on); the encoder follows "
+                            "amp")
+    side_streams: Switch = _opt("off", "in the iteration graph: prior chain beside the posterior, Q beside G and E")
+    g_gemm_first: Switch = _opt("off", "G's first ConvTranspose2d (1x1 input) as one GEMM")
+    g_last: Literal["convt", "convt_pad", "conv_pad"] = _opt(
+        "convt", "G's 3-channel last layer: as written, or its channels padded to 8")
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = _opt("default", "torch.compile mode")
+    cudnn_benchmark_limit: int = _num(10, ge=0, le=1000, doc="algorithms cudnn autotuning tries per conv (0: all)")
 
 
 @dataclass
 class Config:
-    method: Literal["damc", "lebm"] = "damc"  # lebm: short-run chains from N(0, I) (spec §8)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    langevin: LangevinConfig = field(default_factory=LangevinConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    system: SystemConfig = field(default_factory=SystemConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
+    method: Literal["damc", "lebm"] = _opt("damc", "damc, or lebm: short-run chains from N(0, I) (spec §8)")
+    model: ModelConfig = _section(ModelConfig, "network sizes (spec §1)")
+    data: DataConfig = _section(DataConfig, "training data")
+    diffusion: DiffusionConfig = _section(DiffusionConfig, "the latent diffusion amortizer (spec §2)")
+    langevin: LangevinConfig = _section(LangevinConfig, "training-time Langevin chains")
+    optim: OptimConfig = _section(OptimConfig, "optimizers and learning-rate decay")
+    train: TrainConfig = _section(TrainConfig, "iterations, batch, seed, divergence policy")
+    eval: EvalConfig = _section(EvalConfig, "grids written during training")
+    log: LogConfig = _section(LogConfig, "run directory, metrics, grids, checkpoints")
+    system: SystemConfig = _section(SystemConfig, "device and CPU threads")
+    perf: PerfConfig = _section(PerfConfig, "speed switches")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Building and validating
 
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _coerce(path: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it (ints are accepted for floats)."""
-    origin = typing.get_origin(tp)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} = {value!r}: expected a section (mapping of keys), got {type(value).__name__}")
-        return _build(tp, value, path)
-    if origin is Literal:
-        if not any(type(value) is type(a) and value == a for a in typing.get_args(tp)):
-            allowed = ", ".join(repr(a) for a in typing.get_args(tp))
-            raise ConfigError(f"{path} = {value!r}: allowed values are {allowed}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported annotation for {path}: {tp}")  # keep the schema simple
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads "2e-4" (no dot) as a string; accept it as the number it plainly is.
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(tp)
-    if ok is None:
-        raise TypeError(f"unsupported annotation for {path}: {tp}")
-    if not ok:
-        raise ConfigError(f"{path} = {value!r}: expected {_describe(tp)}")
-    return float(value) if tp is float else value
-
-
-def _check_range(path: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
-    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
-    for key, _, ok in bounds:
-        b = meta.get(key)
-        if b is not None and not ok(value, b):
-            allowed = " and ".join(f"{s} {meta[k]}" for k, s, _ in bounds if meta.get(k) is not None)
-            raise ConfigError(f"{path} = {value!r}: must be {allowed}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"{where}: unknown key; allowed keys here are {', '.join(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        path = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(path, value, hints[name])
-        if isinstance(kwargs[name], (int, float)) and not isinstance(kwargs[name], bool):
-            _check_range(path, kwargs[name], fields[name].metadata)
-    return cls(**kwargs)
+require_bounds(Config)  # every int / float field has both bounds (engine/schema.py); a new one without is a bug
 
 
 def validate(cfg: Config) -> Config:
@@ -289,8 +256,14 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.model.ntemb % 2:
         raise ConfigError(f"model.ntemb = {cfg.model.ntemb!r}: must be even (sin and cos halves)")
-    if cfg.data.source != "digits" and not cfg.data.root:
-        raise ConfigError(f"data.root = '': the {cfg.data.source} source needs the directory that holds the data")
+    if cfg.data.source != "digits" and not cfg.data.root.strip():
+        raise ConfigError(f"data.root = {cfg.data.root!r}: the {cfg.data.source} source needs the directory that "
+                          "holds the data")
+    for name in ("train_subdir", "test_subdir"):
+        if not getattr(cfg.data, name).strip():
+            raise ConfigError(f"data.{name} = '': needs a folder name (e.g. {name.split('_')[0]})")
+    if not cfg.log.run_dir.strip():
+        raise ConfigError("log.run_dir = '': needs a directory (e.g. runs/my_run)")
     if cfg.data.source == "mnist" and cfg.data.flip:
         raise ConfigError("data.flip = True: MNIST is never flipped (spec §3, anomaly script); set data.flip=false")
     if cfg.data.source == "digits" and cfg.model.arch != "digits":
@@ -301,11 +274,15 @@ def validate(cfg: Config) -> Config:
 def from_dict(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
-    return _build(Config, data)
+    return build(Config, data)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files and overrides
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -322,13 +299,18 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=value"`` → ``("a.b", value)``; the value is read as YAML (``1e-4``, ``true``, ``[1, 2]``)."""
     key, sep, raw = text.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"{text!r}: an override must look like section.key=value")
+    key = key.strip()
+    if not sep or not key or any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"{show(text)}: an override must look like section.key=value (got an empty key)"
+                          if sep else f"{show(text)}: an override must look like section.key=value")
+    check_text(f"override {show(key)}", key)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else ""
+    except YamlProblem as exc:
+        raise ConfigError(f"{key} = {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = raw
-    return key.strip(), value
+    return ".".join(part.strip() for part in key.split(".")), value
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -336,15 +318,32 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r}: not found")
+        name = repr(str(p))
+        if p.is_dir():
+            raise ConfigError(f"config file {name}: is a directory; give a YAML file (e.g. configs/quickstart.yaml)")
+        if not p.exists():
+            raise ConfigError(f"config file {name}: not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"config file {name}: cannot read it ({exc.strerror})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {name}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                              f"{exc.start}); save it as UTF-8") from None
+        try:
+            loaded = load_yaml(text)
+        except YamlProblem as exc:
+            raise ConfigError(f"config file {name}: {exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        data = loaded or {}
+            raise ConfigError(f"config file {name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except RecursionError:
+            raise ConfigError(f"config file {name}: nested too deeply") from None
+        data = loaded if loaded is not None else {}
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+            raise ConfigError(f"config file {name}: expected a mapping of sections at the top level, got "
+                              f"{type(data).__name__}")
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
@@ -353,6 +352,27 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe_fields(section: Any = None, prefix: str = "") -> list[str]:
+    """One line per config field: ``section.key = default  [allowed]  doc`` (what ``--show-config`` prints).
+
+    ``section``: a config (or section) whose values are shown as the defaults; all defaults when None.
+    """
+    section = Config() if section is None else section
+    lines: list[str] = []
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        tp, doc = hints[f.name], f.metadata.get("doc", "")
+        value = getattr(section, f.name)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            lines.append(f"{path}:  {doc}" if doc else f"{path}:")
+            lines += describe_fields(value, path)
+            continue
+        allowed = allowed_range(f.metadata) if tp in (int, float) else describe_type(tp)
+        lines.append(f"  {path} = {value!r}  [{allowed}]  {doc}".rstrip())
+    return lines
 
 
 # Fields that may change when a run is resumed: they do not alter what the next iteration computes.

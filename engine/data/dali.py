@@ -141,9 +141,20 @@ class _DaliStream(PlanBacked):
             self._feed_next()
             self.pipe.schedule_run()
 
+    def _batch_files(self) -> str:
+        """What the oldest in-flight batch read (named in a decode error); in-memory sets have no files."""
+        return ""
+
     def __next__(self) -> torch.Tensor:
         self._fill()
-        (out,) = self.pipe.outputs()
+        try:
+            (out,) = self.pipe.outputs()
+        except RuntimeError as exc:
+            # A file DALI cannot decode (truncated past its header) breaks the pipeline; name the batch's files.
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            useful = [ln for ln in lines if "failure" in ln.lower()] or [ln for ln in lines if "error" in ln.lower()]
+            cause = (useful or lines or [type(exc).__name__])[0].rstrip(",")
+            raise ValueError(f"DALI could not decode a batch{self._batch_files()} ({cause})") from None
         self._inflight.popleft()
         self._fill()  # queue the next batch before handing this one over, so DALI overlaps with training
         tensor = out.as_tensor()
@@ -240,6 +251,9 @@ class DaliFolderStream(_DaliStream):
         self.exact = bool(exact)
         # Per-file (nh, nw, top, left), filled from each file's header the first time it is fed.
         self._geometry = np.full((len(self.files), 4), -1, dtype=np.int32)
+        # Indices of the in-flight batches, oldest first: the pipeline is always refilled to `prefetch` batches right
+        # after one is consumed, so a bounded deque drops exactly the consumed batch.
+        self._fed_ids: deque[list[int]] = deque(maxlen=max(1, int(prefetch)))
         super().__init__(len(self.files), batch_size, seed=seed, flip=flip, device=device,
                          num_threads=num_threads, prefetch=prefetch)
 
@@ -274,8 +288,16 @@ class DaliFolderStream(_DaliStream):
             self._geometry[i] = cover_geometry(iw, ih, self.shape[1], self.shape[2])
         return np.frombuffer(data, dtype=np.uint8)
 
+    def _batch_files(self) -> str:
+        if not self._fed_ids:
+            return ""
+        ids = self._fed_ids[0]
+        names = ", ".join(str(self.files[i]) for i in ids[:8]) + (" ..." if len(ids) > 8 else "")
+        return f" of files {names}"
+
     def _feed(self, idx: torch.Tensor, coins: np.ndarray) -> None:
         ids = idx.tolist()
+        self._fed_ids.append(ids)
         encoded = [self._read(i) for i in ids]
         geo = self._geometry[ids]
         self.pipe.feed_input("encoded", encoded)

@@ -1,12 +1,17 @@
 """Image folders laid out like torchvision's ``ImageFolder`` (class labels ignored), decoded with PIL.
 
 Files are listed recursively in sorted relative-path order (independent of the file system), decoded on a
-thread pool (PIL releases the GIL) and resized like ``Resize(int)`` plus a centre crop.
+thread pool (PIL releases the GIL) and resized like ``Resize(int)`` plus a centre crop. A file that is not a
+decodable image (zero bytes, truncated, a text file named ``.jpg``) or that declares more than
+:data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb: a few KB that decode to gigabytes) is a ``ValueError``
+naming the file, raised before it is decoded.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,11 +23,71 @@ import torch
 
 from engine.data.pixels import check_shape
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderSpec", "cover_geometry", "decode_image", "list_images", "load_folder",
-           "resize_cover"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "FolderSpec", "cover_geometry", "decode_image", "list_images",
+           "load_folder", "read_header", "resize_cover", "spread_indices"]
 
 #: File suffixes (compared case-insensitively) that the folder source accepts.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+#: Largest image accepted (width x height): 64 megapixels, 8000 x 8000, far above any training image. PIL's own
+#: guard only warns up to twice its limit; we refuse from the header, before anything is decoded.
+MAX_IMAGE_PIXELS = 64 * 2**20
+_HEADER_LOCK = threading.Lock()
+
+
+class _TooLarge(ValueError):
+    """Our own size refusal (its message already names the file)."""
+
+
+def _open_checked(path: Path, data: Any = None) -> Any:
+    """``PIL.Image.open`` of ``path`` (or of the bytes ``data``) after checking the declared size; lazy decode."""
+    import io
+
+    from PIL import Image
+
+    with _HEADER_LOCK, warnings.catch_warnings():
+        # We check the size ourselves below; PIL's warning would add a second stderr line for the same problem.
+        # catch_warnings swaps process-wide state, hence the lock (only the header is parsed under it).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data) if data is not None else path)
+        except Image.DecompressionBombError as exc:  # PIL's own refusal above twice its limit
+            raise _TooLarge(f"image file {path}: {exc} (a decompression bomb or a wrong file); remove or shrink "
+                            "it") from None
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise _TooLarge(f"image file {path} declares {w}x{h} pixels, over the {MAX_IMAGE_PIXELS // 2**20} "
+                         "megapixel limit (a decompression bomb or a wrong file); remove or shrink it")
+    return im
+
+
+def read_header(path: Path, data: bytes | None = None, verify: bool = False) -> tuple[int, int]:
+    """``(width, height)`` from the image header; a ``ValueError`` naming the file if it is not an image.
+
+    ``verify``: also run PIL's integrity check without decoding (PNG: every chunk and its CRC, so a truncated
+    PNG is found; for JPEG it checks little).
+    """
+    try:
+        with _open_checked(path, data) as im:
+            size = im.size
+            if verify:
+                im.verify()
+            return size
+    except _TooLarge:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for malformed files; each means "not an image"
+        raise ValueError(f"could not decode image file {path}: {_why(path, e)}") from None
+
+
+def _why(path: Path, exc: BaseException) -> str:
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes)"
+    except OSError:
+        pass
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def list_images(directory: Path) -> list[Path]:
@@ -44,14 +109,16 @@ def list_images(directory: Path) -> list[Path]:
 
 
 def decode_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     c, h, w = shape
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             img = im.convert("RGB" if c == 3 else "L")  # convert() forces the full decode here
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ValueError(f"could not decode image file {path}: {e}") from e
+    except _TooLarge:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for malformed files; each means "not an image"
+        raise ValueError(f"could not decode image file {path}: {_why(path, e)}") from None
     if img.size != (w, h):
         img = resize_cover(img, h, w)
     arr = np.asarray(img, dtype=np.uint8)
@@ -92,9 +159,22 @@ def resize_cover(img: Any, h: int, w: int) -> Any:
     return img
 
 
-def load_folder(directory: Path, shape: tuple[int, int, int], limit: int | None) -> torch.Tensor:
+def spread_indices(n_files: int, n: int, seed: int) -> list[int]:
+    """``n`` of ``n_files`` indices drawn without replacement by a generator seeded with ``seed``, sorted.
+
+    Reconstruction grids use it on the test split: the first files of a class-sorted folder are one class.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n_files, generator=g)[: min(n, n_files)].tolist())
+
+
+def load_folder(directory: Path, shape: tuple[int, int, int], limit: int | None,
+                pick: list[int] | None = None) -> torch.Tensor:
+    """Decode the folder's images (the first ``limit``, or the files at the indices ``pick``)."""
     files = list_images(directory)
-    if limit is not None:
+    if pick is not None:
+        files = [files[i] for i in pick]
+    elif limit is not None:
         files = files[:limit]
     c, h, w = shape
     out = np.empty((len(files), h, w, c), dtype=np.uint8)
@@ -132,6 +212,15 @@ class FolderSpec:
         """The image files in loading order (listed once; a folder of 160k files takes ~1 s to walk)."""
         files = list_images(Path(self.directory))
         return files if self.limit is None else files[: self.limit]
+
+    def check_headers(self) -> None:
+        """Read every file's header and run PIL's verify (no decode); a ``ValueError`` names the first file that
+        is not an image, is a truncated PNG or is a decompression bomb. The DALI loader decodes per batch, so
+        this is its start-up check (a JPEG truncated after its header is only found when DALI decodes it)."""
+        files = self.files
+        workers = max(1, min(32, os.cpu_count() or 1, len(files)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda p: read_header(p, verify=True), files))
 
     def decode(self) -> torch.Tensor:
         """All images as a uint8 ``(N, C, H, W)`` CPU tensor, exactly as ``load_images`` gives them."""

@@ -22,6 +22,10 @@ Protocols are spec ``damc.md`` §4, with the authors' code values as defaults:
 
 Results go to ``RUN_DIR/eval-<iteration>.json`` (written atomically; metrics already in that file from an
 earlier call for the same checkpoint are kept unless recomputed) and a table beside the paper's figures.
+The file is strict JSON: a non-finite metric (a diverged checkpoint) is written as ``null`` with a note, never
+as ``NaN``. Every argument is checked (integers bounded, floats finite and in range), the output location is
+checked for writability and the memory estimate is made before any network runs; every failure is one
+``error:`` line (:mod:`engine.errors`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -39,15 +44,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.config import Config, ConfigError, SystemConfig, from_dict
+from engine.config import SEED_MAX, Config, SystemConfig, from_dict
 from engine.data import load_images, load_mnist_anomaly
+from engine.errors import OneLineParser, describe_os_error, run_cli
 from engine.eval import fid
 from engine.eval.chains import long_run_chains
 from engine.eval.metrics import EvalError, eval_auprc, eval_mse
-from engine.files import atomic_write
+from engine.files import atomic_write, strict_json
 from engine.learner import Learner
 from engine.models import IMAGE_SHAPES
 from engine.run import checkpoint
+from engine.run.budget import check_fits
 from engine.run.checkpoint import CheckpointError
 from engine.runtime import system
 
@@ -123,12 +130,51 @@ def _parse_metrics(text: str) -> list[str]:
     return out
 
 
-def _positive(name: str, value: int | float, minimum: float = 1) -> None:
-    if not value >= minimum:
-        raise EvalError(f"{name} = {value}: must be >= {minimum:g}")
+# Bounds of the numeric arguments: (lowest, highest). Sanity limits; memory is estimated separately.
+_INT_ARGS: dict[str, tuple[int, int]] = {
+    "seed": (0, SEED_MAX), "batch": (1, 65536), "limit": (1, 2**31 - 1), "fid_samples": (2, 1_000_000),
+    "inception_batch": (1, 65536), "lebm_steps": (0, 100_000), "recon_steps": (0, 100_000),
+    "auprc_steps": (0, 100_000), "chains": (1, 4096), "snapshots": (2, 1000),
+}
+_FLOAT_ARGS: dict[str, tuple[float, float]] = {
+    "lebm_step_size": (1e-6, 10.0), "recon_step_size": (1e-6, 10.0), "chain_step_size": (1e-6, 10.0),
+    "sigma": (1e-4, 100.0),
+}
+_CHAIN_STEPS_MAX = 1_000_000
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every numeric argument within its bounds (floats also finite); one line naming the flag otherwise."""
+    for name, (lo, hi) in _INT_ARGS.items():
+        value = getattr(args, name)
+        if value is not None and not lo <= value <= hi:
+            raise EvalError(f"--{name.replace('_', '-')} = {value}: must be >= {lo} and <= {hi}")
+    for name, (flo, fhi) in _FLOAT_ARGS.items():
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and flo <= value <= fhi):
+            raise EvalError(f"--{name.replace('_', '-')} = {value}: must be a finite number >= {flo:g} and <= {fhi:g}")
+
+
+def _check_writable(out: Path, run_dir: Path, chains: bool) -> None:
+    """The JSON file (and, for chains, the run directory's PNGs) can be written: checked before any metric runs."""
+    if out.is_dir():
+        raise EvalError(f"--out {out}: is a directory; give a file name (e.g. {out / 'eval.json'})")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise EvalError(f"--out {out}: not writable")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EvalError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EvalError(f"--out {out}: cannot write in {parent} (permission denied or read-only)")
+    if chains and not os.access(run_dir, os.W_OK | os.X_OK):
+        raise EvalError(f"--metrics chains: cannot write the chain PNGs in {run_dir} (permission denied or "
+                        "read-only)")
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
+    _check_args(args)
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise EvalError(f"{run_dir}: no such run directory")
@@ -141,7 +187,12 @@ def _plan(args: argparse.Namespace) -> _Plan:
         if found is None:
             raise EvalError(f"{run_dir}: no checkpoint (ckpt-*.pt); train first with python -m engine.train")
         ckpt = found
-    state = checkpoint.load(ckpt)
+    try:
+        state = checkpoint.load(ckpt)
+    except CheckpointError as exc:
+        if args.checkpoint:
+            raise
+        raise CheckpointError(f"{exc}{checkpoint.describe_fallback(run_dir, ckpt)}") from None
     cfg, iteration = from_dict(state["config"]), int(state["iteration"])
     del state
     requested = args.metrics
@@ -159,26 +210,14 @@ def _plan(args: argparse.Namespace) -> _Plan:
             fid.inception_path()
         except fid.InceptionUnavailableError as exc:
             raise EvalError(str(exc)) from None
-    _positive("--fid-samples", args.fid_samples, 2)
-    _positive("--batch", args.batch)
-    _positive("--inception-batch", args.inception_batch)
-    _positive("--chains", args.chains)
-    _positive("--snapshots", args.snapshots, 2)
-    for name in ("recon_steps", "auprc_steps", "lebm_steps"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name), 0)
-    for name in ("recon_step_size", "lebm_step_size", "sigma", "chain_step_size"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise EvalError(f"--{name.replace('_', '-')} = {value}: must be > 0")
-    if args.limit is not None:
-        _positive("--limit", args.limit)
     try:
         args.chain_steps = [int(s) for s in args.chain_steps.split(",") if s.strip()]
     except ValueError:
         raise EvalError(f"--chain-steps {args.chain_steps!r}: expected comma-separated integers") from None
-    if not args.chain_steps or min(args.chain_steps) < 1:
-        raise EvalError(f"--chain-steps {args.chain_steps!r}: expected positive integers")
+    if not args.chain_steps or min(args.chain_steps) < 1 or max(args.chain_steps) > _CHAIN_STEPS_MAX:
+        raise EvalError(f"--chain-steps {args.chain_steps!r}: expected integers from 1 to {_CHAIN_STEPS_MAX}")
     out = Path(args.out) if args.out else run_dir / f"eval-{iteration:07d}.json"
+    _check_writable(out, run_dir, "chains" in metrics)
     return _Plan(run_dir, ckpt, cfg, metrics, out)
 
 
@@ -235,12 +274,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the requested metrics; returns the report (also written to the JSON file)."""
     plan = _plan(args)
     cfg = plan.cfg
+    device = system.resolve_device(SystemConfig(device=args.device))
+    check_fits(cfg, device, batch=args.batch, what=f"evaluation at --batch {args.batch}")
     data = _load_data(plan, args)
     try:
-        device = system.resolve_device(SystemConfig(device=args.device))
-    except RuntimeError as exc:
-        raise EvalError(str(exc)) from None
-    learner = checkpoint.load_run(plan.run_dir, device, plan.ckpt)
+        learner = checkpoint.load_run(plan.run_dir, device, plan.ckpt)
+    except CheckpointError as exc:
+        if args.checkpoint:
+            raise
+        raise CheckpointError(f"{exc}{checkpoint.describe_fallback(plan.run_dir, plan.ckpt)}") from None
     learner.nets.generator.eval()
     sigma = args.sigma if args.sigma is not None else cfg.langevin.likelihood_sigma
     lebm_s = args.lebm_step_size if args.lebm_step_size is not None else cfg.eval.lebm_step_size
@@ -381,7 +423,8 @@ def _run_fid(metric: str, learner: Learner, args: argparse.Namespace, lebm_s: fl
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
-    """Atomic write; metrics from an earlier evaluation of the same checkpoint are kept unless recomputed."""
+    """Atomic write of strict JSON; metrics from an earlier evaluation of the same checkpoint are kept unless
+    recomputed. A non-finite result (a diverged model) is written as null and named in the notes."""
     merged = dict(report)
     if path.is_file():
         try:
@@ -390,15 +433,24 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
                 merged["metrics"] = {**old["metrics"], **report["metrics"]}
         except (OSError, ValueError):
             pass  # unreadable old file: replaced
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(merged, indent=2, allow_nan=True)
-    atomic_write(path, lambda f: f.write(text.encode()))
-    os.chmod(path, 0o644)
+    found: list[str] = []
+    merged = strict_json(merged, "", found)
+    if found:
+        shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+        merged["notes"] = [*merged.get("notes", []), f"non-finite values written as null: {shown}"]
+        report["notes"] = merged["notes"]
+    text = json.dumps(merged, indent=2, allow_nan=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(text.encode()))
+    except OSError as exc:
+        raise EvalError(f"could not write {path} ({describe_os_error(exc)}); the previous file, if any, is "
+                        "intact") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.eval", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog="python -m engine.eval", description=__doc__.splitlines()[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run_dir", help="a run directory written by python -m engine.train")
     p.add_argument("--metrics", default="mse,chains",
                    help=f"comma-separated, from {', '.join(METRICS)} (fid = both FIDs)")
@@ -410,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N test images (MSE, AUPRC; smoke runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("FID")
-    g.add_argument("--fid-samples", type=int, default=50_000, help="generated images (and max real images)")
+    g.add_argument("--fid-samples", type=int, default=50_000, help="generated images (and max real images); on a CPU "
+                   "the paper's 50,000 take hours: pass e.g. --fid-samples 2000 for a quick, biased estimate")
     g.add_argument("--fid-ref-subdir", help="folder source: subfolder for the real statistics (CelebA-HQ: val)")
     g.add_argument("--inception-batch", type=int, default=100, help="images per Inception forward pass")
     g.add_argument("--no-fid-cache", action="store_true", help="recompute the real statistics, do not cache")
@@ -432,13 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = evaluate(args)
-    except (EvalError, ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate(args)
     print(format_table(report))
     print(f"wrote {report['json']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv), expected=(EvalError,))

@@ -1,4 +1,4 @@
-"""Checkpoints that resume bit-for-bit and survive crashes.
+"""Checkpoints that resume bit-for-bit, survive crashes and are checked before they are trusted.
 
 A checkpoint holds everything the next iteration reads: G, E, the amortizer and its EMA copy, every
 optimizer (with its LR), the iteration, the run's device RNG, the global CPU/CUDA RNGs, the data stream
@@ -8,30 +8,44 @@ drops E, its optimizer and the EMA amortizer, spec §5 item 8; we keep all of th
 Files are ``ckpt-<iteration>.pt`` in the run directory, written through a temporary file that is fsynced
 and then renamed, so a crash (even ``kill -9``) leaves either the previous file set or the new complete
 file, never a truncated checkpoint under a final name. Only after a new checkpoint is safely in place are
-the oldest ones beyond ``keep`` removed. Loading uses ``torch.load(weights_only=True)``.
+the oldest ones beyond ``keep`` removed. Loading uses ``torch.load(weights_only=True)`` and then
+:func:`check_state`: every key the restore reads, its type and shape, a valid data position, and finite
+weights; any failure is one :class:`CheckpointError` line naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import errno
+import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.config import from_dict, to_dict
+from engine.config import ConfigError, from_dict, to_dict
 from engine.data.loaders import Loader
+from engine.errors import EXIT_STOPPED, UserError, describe_os_error
 from engine.files import atomic_write
 from engine.learner import Learner, build_learner
+from engine.run.budget import human_bytes
 from engine.runtime import system
 
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
+_CUDA_RNG_BYTES = 16  # a CUDA generator's state (seed + offset); a CPU generator's is torch.get_rng_state()'s size
+SET_ASIDE_SUFFIX = ".set-aside"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message names the file and the cause."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint could not be read or is not usable; the message names the file and the cause."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, permissions); the message names what is intact."""
+
+    exit_code = EXIT_STOPPED
 
 
 def checkpoint_path(run_dir: Path, iteration: int) -> Path:
@@ -76,26 +90,98 @@ def capture(learner: Learner, stream: Loader) -> dict[str, Any]:
     return state
 
 
-def restore(learner: Learner, stream: Loader, state: dict[str, Any]) -> None:
-    """Load ``state`` into a freshly built learner and stream (in place: addresses stay stable)."""
+def nonfinite_weights(learner: Learner) -> list[str]:
+    """Names of networks holding a non-finite weight (one host sync; called before a checkpoint is written)."""
+    nets = {"generator": learner.nets.generator, "energy": learner.nets.energy, "amortizer": learner.nets.amortizer,
+            "amortizer_ema": learner.amortizer_ema}
+    named = [(k, m) for k, m in nets.items() if m is not None]
+    flags = torch.stack([torch.stack([torch.isfinite(p).all() for p in m.parameters()]).all() for _, m in named])
+    return [k for (k, _), ok in zip(named, flags.tolist(), strict=True) if not ok]
+
+
+def _fail(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path}: {what}")
+
+
+def check_state(state: dict[str, Any], path: Path) -> None:
+    """Everything :func:`restore` / :func:`load_run` read is present, well-typed and finite; else one line."""
+    if not isinstance(state.get("iteration"), int) or state["iteration"] < 0:
+        raise _fail(path, f"'iteration' is {state.get('iteration')!r}, not a non-negative integer")
+    if not isinstance(state.get("config"), dict):
+        raise _fail(path, "'config' is missing")
+    try:
+        cfg = from_dict(state["config"])
+    except ConfigError as exc:
+        raise _fail(path, f"its config is invalid ({exc})") from None
+    nets = ["generator", "energy"] + (["amortizer", "amortizer_ema"] if cfg.method == "damc" else [])
+    opts = ["opt_g", "opt_e"] + (["opt_q"] if cfg.method == "damc" else [])
+    for key in [*nets, *opts, "data"]:
+        if not isinstance(state.get(key), dict):
+            raise _fail(path, f"'{key}' is missing or not a mapping")
+    cpu_size = torch.get_rng_state().numel()
+    for key, sizes in (("rng", (cpu_size, _CUDA_RNG_BYTES)), ("cpu_rng", (cpu_size,))):
+        t = state.get(key)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.numel() not in sizes:
+            want = " or ".join(map(str, sizes))
+            raise _fail(path, f"'{key}' is missing or not a generator state (uint8 tensor of {want} bytes)")
+    for key in nets:
+        for name, t in state[key].items():
+            if not isinstance(t, torch.Tensor):
+                raise _fail(path, f"'{key}.{name}' is not a tensor")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise _fail(path, f"'{key}.{name}' holds non-finite values (a diverged state); not a good "
+                            "checkpoint")
+    data = state["data"]
+    for key in ("epoch", "position", "permutation", "generator"):
+        if key not in data:
+            raise _fail(path, f"data position: '{key}' is missing")
+    perm = data["permutation"]
+    if not isinstance(perm, torch.Tensor) or perm.dim() != 1 or perm.dtype != torch.int64:
+        raise _fail(path, "data position: 'permutation' is not a 1-D int64 tensor")
+    if not torch.equal(perm.sort().values, torch.arange(perm.numel())):
+        raise _fail(path, f"data position: 'permutation' is not a permutation of 0..{perm.numel() - 1}")
+    epoch, position = data["epoch"], data["position"]
+    if not isinstance(epoch, int) or epoch < 0 or not isinstance(position, int) or not 0 <= position <= perm.numel():
+        raise _fail(path, f"data position: epoch {epoch!r} / position {position!r} are invalid for "
+                    f"{perm.numel()} images")
+
+
+def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path | None = None) -> None:
+    """Load ``state`` into a freshly built learner and stream (in place: addresses stay stable).
+
+    Any mismatch (a tensor of the wrong shape, a data position for another data set) is a
+    :class:`CheckpointError` naming ``path``.
+    """
+    where = path if path is not None else Path("(state)")
     nets = learner.nets
-    nets.generator.load_state_dict(state["generator"])
-    nets.energy.load_state_dict(state["energy"])
-    learner.opt_g.load_state_dict(state["opt_g"])
-    learner.opt_e.load_state_dict(state["opt_e"])
-    if nets.amortizer is not None:
-        if "amortizer" not in state:
-            raise CheckpointError("checkpoint has no amortizer (it was written by an LEBM run); use method=lebm")
-        assert learner.amortizer_ema is not None and learner.opt_q is not None
-        nets.amortizer.load_state_dict(state["amortizer"])
-        learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
-        learner.opt_q.load_state_dict(state["opt_q"])
-    learner.rng.set_state(state["rng"])
-    torch.set_rng_state(state["cpu_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    stream.load_state_dict(state["data"])
+    if nets.amortizer is not None and "amortizer" not in state:
+        raise _fail(where, "has no amortizer (it was written by an LEBM run); use method=lebm")
+    try:
+        nets.generator.load_state_dict(state["generator"])
+        nets.energy.load_state_dict(state["energy"])
+        learner.opt_g.load_state_dict(state["opt_g"])
+        learner.opt_e.load_state_dict(state["opt_e"])
+        if nets.amortizer is not None:
+            assert learner.amortizer_ema is not None and learner.opt_q is not None
+            nets.amortizer.load_state_dict(state["amortizer"])
+            learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
+            learner.opt_q.load_state_dict(state["opt_q"])
+        learner.rng.set_state(state["rng"])
+        torch.set_rng_state(state["cpu_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        stream.load_state_dict(state["data"])
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise _fail(where, f"does not fit this run ({_first_line(exc)})") from None
     learner.iteration = int(state["iteration"])
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """``'RuntimeError: <message on one line, at most limit chars>'`` (load_state_dict puts the cause on line 2)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def estimate_bytes(learner: Learner) -> int:
@@ -114,12 +200,13 @@ def check_writable(run_dir: Path, need_bytes: int) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
-        raise CheckpointError(f"run directory {run_dir} is not writable ({exc.strerror})") from None
+        probe.unlink(missing_ok=True)
+        raise CheckpointError(f"run directory {run_dir} is not writable ({describe_os_error(exc)})") from None
     free = shutil.disk_usage(run_dir).free
     if free < 2 * need_bytes:
         raise CheckpointError(
-            f"run directory {run_dir} has {free / 2**20:.0f} MiB free; a checkpoint needs about "
-            f"{need_bytes / 2**20:.0f} MiB and a save briefly holds two"
+            f"run directory {run_dir} has {human_bytes(free)} free; a checkpoint needs about "
+            f"{human_bytes(need_bytes)} and a save briefly holds two ({human_bytes(2 * need_bytes)})"
         )
 
 
@@ -128,24 +215,67 @@ def save(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     path = checkpoint_path(run_dir, int(state["iteration"]))
     try:
         atomic_write(path, lambda f: torch.save(state, f))
-    except OSError as exc:
-        why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    except (OSError, RuntimeError) as exc:  # torch may report a failed write as RuntimeError("unexpected pos")
+        if isinstance(exc, OSError):
+            why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        else:
+            why = _first_line(exc)
         prev = latest_checkpoint(run_dir)
-        kept = f"; the previous checkpoint {prev.name} is intact" if prev else ""
-        raise CheckpointError(f"could not write checkpoint {path} ({why}){kept}") from None
+        kept = f"; the previous checkpoint {prev.name} is intact" if prev else "; no earlier checkpoint exists"
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({why}){kept}") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
 def load(path: Path) -> dict[str, Any]:
+    """Read and check a checkpoint (:func:`check_state`); every failure is one line naming the file."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise _fail(path, f"cannot be read ({describe_os_error(exc)})") from None
+    if size == 0:
+        raise _fail(path, "is empty (0 bytes): a copy or transfer that did not finish?")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"could not read checkpoint {path}: {exc}") from None
+    except pickle.UnpicklingError:
+        # torch's own text suggests weights_only=False, i.e. running whatever code the file holds: never.
+        raise _fail(path, "holds Python objects that a weights-only load refuses (not written by this engine, "
+                    "or altered); not loaded") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        first = _first_line(exc).split(". ")[0].rstrip(".")  # torch adds advice sentences after the cause
+        raise _fail(path, f"is truncated or corrupt ({first}; {human_bytes(size)})") from None
+    except OSError as exc:
+        raise _fail(path, f"cannot be read ({describe_os_error(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - any other unpickling failure means the same thing to the user
+        raise _fail(path, f"cannot be read ({_first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != 1:
-        raise CheckpointError(f"{path} is not a checkpoint written by this engine")
+        raise _fail(path, "is not a checkpoint written by this engine (no format marker)")
+    check_state(state, path)
     return state
+
+
+def describe_fallback(run_dir: Path, bad: Path, flag: str = "--checkpoint") -> str:
+    """``'; ckpt-0000300.pt is intact: use --checkpoint RUN/ckpt-0000300.pt'``, or that none is (loads them)."""
+    for older in reversed(list_checkpoints(run_dir)):
+        if older == bad or older.name >= bad.name:
+            continue
+        try:
+            load(older)
+        except CheckpointError:
+            continue
+        return f"; the older {older.name} is intact: use {flag} {older}"
+    return "; no older intact checkpoint exists"
+
+
+def set_aside_newer(run_dir: Path, chosen: Path) -> list[str]:
+    """Rename the checkpoints newer than ``chosen`` to ``*.pt.set-aside`` (kept, no longer listed or pruned)."""
+    moved = []
+    for p in list_checkpoints(run_dir):
+        if p.name > chosen.name:
+            p.rename(p.with_name(p.name + SET_ASIDE_SUFFIX))
+            moved.append(p.name)
+    return moved
 
 
 def load_run(run_dir: Path, device: torch.device, path: Path | None = None) -> Learner:
@@ -161,11 +291,14 @@ def load_run(run_dir: Path, device: torch.device, path: Path | None = None) -> L
     cfg = from_dict(state["config"])
     learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
     nets = learner.nets
-    nets.generator.load_state_dict(state["generator"])
-    nets.energy.load_state_dict(state["energy"])
-    if nets.amortizer is not None:
-        assert learner.amortizer_ema is not None
-        nets.amortizer.load_state_dict(state["amortizer"])
-        learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
+    try:
+        nets.generator.load_state_dict(state["generator"])
+        nets.energy.load_state_dict(state["energy"])
+        if nets.amortizer is not None:
+            assert learner.amortizer_ema is not None
+            nets.amortizer.load_state_dict(state["amortizer"])
+            learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise _fail(path, f"does not fit its own config ({_first_line(exc)})") from None
     learner.iteration = int(state["iteration"])
     return learner

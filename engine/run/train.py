@@ -1,11 +1,13 @@
 """Command line: ``python -m engine.train [CONFIG] [a.b=value ...] [--resume RUN_DIR] [--quiet] [--dry-run]``.
 
-Loads and validates the config (default: ``configs/quickstart.yaml``), checks data and run directory, then
-trains with a progress bar, JSON-lines metrics (and optional TensorBoard events), PNG grids (DAMC prior
-samples, LEBM Langevin prior samples, test reconstructions), periodic atomic checkpoints and a final one.
-An existing run directory resumes from its latest checkpoint, bit-for-bit. SIGINT/SIGTERM finish the current
-iteration, write a checkpoint and exit 0. Uses CUDA when present, else CPU. Losses stay on the device
-between log intervals; they are read once per ``log.log_every``.
+Loads and validates the config (default: ``configs/quickstart.yaml``), checks device, memory, data and run
+directory (:mod:`engine.run.startup`), then trains with a progress bar, JSON-lines metrics (and optional
+TensorBoard events), PNG grids (DAMC prior samples, LEBM Langevin prior samples, test reconstructions),
+periodic atomic checkpoints and a final one. An existing run directory resumes from its latest checkpoint,
+bit-for-bit; a second trainer on it is refused. SIGINT/SIGTERM finish the current iteration, write a
+checkpoint and exit 0. Every expected failure is one ``error:`` line and a non-zero exit
+(:mod:`engine.errors`). Losses stay on the device between log intervals; they are read once per
+``log.log_every``, and before every grid and checkpoint (divergence check).
 """
 
 from __future__ import annotations
@@ -17,97 +19,44 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
-from engine.config import Config, ConfigError, dump_config, load_config, resume_differences, to_dict
-from engine.data import FolderSpec, fixed_batch, load_images, make_loader
-from engine.files import atomic_write
+from engine.config import Config, ConfigError, describe_fields, dump_config, load_config
+from engine.data import fixed_batch, make_loader
+from engine.data.dali import dali_available
+from engine.data.loaders import Loader
+from engine.errors import EXIT_INTERRUPTED, EXIT_STOPPED, OneLineParser, UserError, describe_os_error, run_cli
+from engine.files import LineLog, atomic_write
 from engine.learner import Learner, build_learner, damc_prior_latents, lebm_prior_latents, reconstruct, train_step
-from engine.models import IMAGE_SHAPES
 from engine.run import checkpoint
-from engine.run.checkpoint import CheckpointError
+from engine.run.budget import check_fits
 from engine.run.guard import DivergenceGuard
 from engine.run.images import save_grid
+from engine.run.rundir import RunLock, prepare_metrics, remove_stale_files
+from engine.run.startup import Start, create_run_dir, load_data, open_run, resolve_layout, undo_create
 from engine.runtime import perf, system
 from engine.runtime.fast import build_chains
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (divergence); the message says why and what was kept."""
+class TrainingStopped(UserError):
+    """The run stopped on purpose or the machine stopped it (divergence, disk full, a bad data file met during
+    training); the message says why and what is intact."""
+
+    exit_code = EXIT_STOPPED
+
+
+class TrainingInterrupted(UserError):
+    """A second SIGINT/SIGTERM stopped the run at once, mid-iteration."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Preparation: everything that can fail on bad input fails here, before the first iteration
-
-
-def load_data(cfg: Config) -> tuple[torch.Tensor | FolderSpec, torch.Tensor, int]:
-    """The training source (decoded uint8, or an undecoded folder for DALI), a few test images, and the
-    training-set size; a data problem becomes one clear config error before anything is written."""
-    shape = IMAGE_SHAPES[cfg.model.arch]
-    train_source: torch.Tensor | FolderSpec
-    try:
-        if cfg.data.source == "folder" and cfg.data.loader in ("auto", "dali"):
-            # Listed now (fails fast on a missing folder); decoded by the loader, or streamed by DALI.
-            train_source = FolderSpec(Path(cfg.data.root) / (cfg.data.train_subdir or "train"), shape,
-                                      cfg.data.limit or None)
-            n_train = len(train_source.files)
-        else:
-            train_source = load_images(cfg.data, shape, "train", limit=cfg.data.limit or None)
-            n_train = int(train_source.shape[0])
-    except (FileNotFoundError, ValueError, ImportError, OSError) as exc:
-        raise ConfigError(f"data ({cfg.data.source}, root {cfg.data.root!r}): {exc}") from None
-    if n_train < cfg.train.batch_size:
-        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: larger than the {n_train} training images")
-    n_test = max(1, cfg.eval.n_samples // 2)
-    try:
-        test_images = load_images(cfg.data, shape, "test", limit=n_test)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        _say(f"no test split ({exc}); reconstruction grids use training images")
-        test_images = load_images(cfg.data, shape, "train", limit=n_test)
-    return train_source, test_images, n_train
-
-
-def prepare_run_dir(cfg: Config) -> tuple[Path, dict[str, Any] | None]:
-    """Create the run directory; return the latest checkpoint's state when the run is being resumed.
-
-    A resumed run must use the same config except for fields that do not change the computation
-    (``RESUMABLE_CHANGES``: iteration budget, logging, evaluation, device, data location).
-    """
-    run_dir = Path(cfg.log.run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"log.run_dir = {str(run_dir)!r}: cannot create it ({exc.strerror})") from None
-    state = None
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None:
-        state = checkpoint.load(latest)
-        diffs = resume_differences(state["config"], to_dict(cfg))
-        if diffs:
-            raise ConfigError(f"log.run_dir = {str(run_dir)!r}: holds a run with a different config; "
-                              f"changed: {'; '.join(diffs)}. Choose another log.run_dir")
-        if state["iteration"] >= cfg.train.iterations:
-            raise ConfigError(f"log.run_dir = {str(run_dir)!r}: already finished {state['iteration']} of "
-                              f"train.iterations = {cfg.train.iterations}; raise train.iterations to continue")
-    return run_dir, state
-
-
-def _tensorboard(cfg: Config, run_dir: Path) -> Any:
-    if not cfg.log.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("log.tensorboard = true: needs the tensorboard package (pip install tensorboard)") from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,156 +119,294 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
+class _Diverged(Exception):
+    pass
+
+
 # ---------------------------------------------------------------------------------------------------------
-# The loop
+# The run
 
 
-def train(cfg: Config) -> Path:
-    train_source, test_images, n_train = load_data(cfg)  # before anything is written
-    run_dir, resume_state = prepare_run_dir(cfg)
-    device = system.setup(cfg.system)
-    stream, loader_kind = make_loader(cfg.data.loader, train_source, cfg.train.batch_size, seed=cfg.train.seed,
-                                      flip=cfg.data.flip, device=device, log=_say)
-    x_test = fixed_batch(test_images, min(max(1, cfg.eval.n_samples // 2), test_images.shape[0]), device)
-    system.seed_init(cfg.train.seed)
-    learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
-    plan, note = perf.resolve(cfg.perf, device)
-    if note:
+def train(cfg: Config, checkpoint_path: Path | None = None, argv: list[str] | None = None) -> Path:
+    """Train ``cfg`` (resuming its run directory, from ``checkpoint_path`` when given); returns the run dir."""
+    device = system.resolve_device(cfg.system)
+    cfg, layout_note = resolve_layout(cfg)
+    check_fits(cfg, device)  # the sizes that decide memory, before any work
+    start = open_run(cfg, checkpoint_path)
+    created: list[Path] = []
+    threads = torch.get_num_threads()
+    # Notices are printed once start-up has succeeded: a refused start prints its one error line only.
+    notes: list[str] = [layout_note] if layout_note else []
+    try:
+        _tensorboard_writer(cfg)
+        folder_dali = cfg.data.loader == "dali" or (cfg.data.loader == "auto" and device.type == "cuda"
+                                                    and dali_available())
+        data = load_data(cfg, dali_folder=folder_dali)
+        notes += data.notes
+        system.setup(cfg.system)
+        try:
+            stream, loader_kind = make_loader(cfg.data.loader, data.train, cfg.train.batch_size, seed=cfg.train.seed,
+                                              flip=cfg.data.flip, device=device, log=notes.append)
+        except ValueError as exc:
+            raise ConfigError(f"data ({cfg.data.source}, root {cfg.data.root!r}): {exc}") from None
+        x_test = fixed_batch(data.test, min(max(1, cfg.eval.n_samples // 2), data.test.shape[0]), device)
+        system.seed_init(cfg.train.seed)
+        learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+        plan, perf_note = perf.resolve(cfg.perf, device)
+        if perf_note:
+            notes.append(perf_note)
+        system.apply_perf(plan, device)
+        if start.state is not None and start.state_path is not None:
+            try:
+                checkpoint.restore(learner, stream, start.state, start.state_path)
+            except checkpoint.CheckpointError as exc:
+                raise checkpoint.CheckpointError(
+                    f"{exc}{checkpoint.describe_fallback(start.run_dir, start.state_path)}") from None
+        # Nothing has been written so far. From here on the run directory is ours.
+        lock = start.lock
+        if lock is None:
+            created = create_run_dir(start.run_dir)
+            lock = RunLock(start.run_dir)
+            lock.acquire()
+        try:
+            checkpoint.check_writable(start.run_dir, checkpoint.estimate_bytes(learner))
+        except checkpoint.CheckpointError:
+            lock.release()
+            undo_create(created)
+            raise
+        created = []
+        for note in notes:
+            _say(note)
+        return _run(cfg, start.run_dir, lock, learner, stream, loader_kind, x_test, plan, start, data.n_train, argv)
+    finally:
+        if start.lock is not None:
+            start.lock.release()
+        torch.set_num_threads(threads)
+
+
+def _prepare_dir(run_dir: Path, lock: RunLock, learner: Learner, start: Start, argv: list[str] | None) -> None:
+    lock.claim(argv)
+    removed = remove_stale_files(run_dir)
+    if removed:
+        _say(f"removed {len(removed)} temporary files left by an interrupted write ({', '.join(removed[:3])}"
+             f"{' ...' if len(removed) > 3 else ''})")
+    if start.chosen and start.state_path is not None:
+        moved = checkpoint.set_aside_newer(run_dir, start.state_path)
+        if moved:
+            _say(f"resuming from {start.state_path.name}: set aside the newer {', '.join(moved)} "
+                 f"(renamed *{checkpoint.SET_ASIDE_SUFFIX})")
+    for note in prepare_metrics(run_dir / "metrics.jsonl", learner.iteration):
         _say(note)
-    system.apply_perf(plan, device)
-    checkpoint.check_writable(run_dir, checkpoint.estimate_bytes(learner))
-    tb = _tensorboard(cfg, run_dir)
-    atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
-    if resume_state is not None:
-        checkpoint.restore(learner, stream, resume_state)
-        _say(f"resumed {run_dir} at iteration {learner.iteration}")
-    learner.chains = build_chains(learner, plan)  # after restore: graphs capture the restored weights in place
-    last_saved = learner.iteration
+
+
+def _tensorboard_writer(cfg: Config) -> Any:
+    """The SummaryWriter class when ``log.tensorboard`` is on (checked at start-up), else None."""
+    if not cfg.log.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("log.tensorboard = true: needs the tensorboard package (pip install tensorboard)") \
+            from None
+    return SummaryWriter
+
+
+def _run(cfg: Config, run_dir: Path, lock: RunLock, learner: Learner, stream: Loader, loader_kind: str,
+         x_test: torch.Tensor, plan: perf.PerfPlan, start: Start, n_train: int, argv: list[str] | None) -> Path:
+    try:
+        _prepare_dir(run_dir, lock, learner, start, argv)
+        writer = _tensorboard_writer(cfg)
+        tb = writer(log_dir=str(run_dir / "tensorboard")) if writer is not None else None
+        atomic_write(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
+        if start.state_path is not None:
+            _say(f"resumed {run_dir} at iteration {learner.iteration} from {start.state_path.name}")
+        learner.chains = build_chains(learner, plan)  # after restore: graphs capture the restored weights in place
+        return _loop(cfg, run_dir, learner, stream, loader_kind, plan, n_train, x_test, tb)
+    except OSError as exc:  # before the loop: config.yaml, the lock note, metrics repair
+        raise TrainingStopped(f"run directory {run_dir}: {describe_os_error(exc)}; its checkpoints and "
+                              "metrics are intact") from None
+    finally:
+        lock.release()
+
+
+def _loop(cfg: Config, run_dir: Path, learner: Learner, stream: Loader, loader_kind: str, plan: perf.PerfPlan,
+          n_train: int, x_test: torch.Tensor, tb: Any) -> Path:
+    total, start_it = cfg.train.iterations, learner.iteration
+    guard, rollbacks = DivergenceGuard(), 0
+    last_saved, last_logged = learner.iteration, learner.iteration
+
+    def check() -> None:
+        """Host sync: the guard's flags (losses, energies, latents since the last check)."""
+        problem = guard.problem()
+        if problem is not None:
+            raise _Diverged(problem)
 
     def save() -> None:
         nonlocal last_saved
-        problem = guard.problem()  # never write a diverged state
-        if problem is not None:
-            raise _Diverged(problem)
+        check()
+        bad = checkpoint.nonfinite_weights(learner)  # never write (and later trust) a diverged state
+        if bad:
+            raise _Diverged(f"weights of {', '.join(bad)} (iteration {learner.iteration})")
         checkpoint.save(run_dir, checkpoint.capture(learner, stream), cfg.log.keep_checkpoints)
         last_saved = learner.iteration
 
-    total, start_it = cfg.train.iterations, learner.iteration
-    guard, rollbacks = DivergenceGuard(), 0
+    def intact() -> str:
+        kept = checkpoint.latest_checkpoint(run_dir)
+        ck = f"the latest checkpoint {kept.name}" if kept else "no checkpoint had been written"
+        return f"intact: {ck}, metrics.jsonl up to iteration {last_logged}"
+
     bar = None
     if cfg.log.progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=start_it, dynamic_ncols=True, desc=f"{cfg.method} {cfg.model.arch}",
                    file=sys.stderr)
-    _say(f"run dir {run_dir} | device {device} | {plan.describe()} | loader {loader_kind} | {n_train} images | "
-         f"iterations {start_it}→{total} at batch {cfg.train.batch_size}")
+    _say(f"run dir {run_dir} | device {learner.device} | {plan.describe()} | loader {loader_kind} | {n_train} images "
+         f"| iterations {start_it}→{total} at batch {cfg.train.batch_size}")
     t_start = t_last = time.perf_counter()
     last_it = start_it
-    log_file: TextIO
-    with open(run_dir / "metrics.jsonl", "a") as log_file, _StopSignals() as stop:
-        while learner.iteration < total and stop.received is None:
-            try:
-                metrics = train_step(learner, next(stream))
-                it = learner.iteration
-                guard.update(metrics, it)
-                if it % cfg.log.log_every == 0 or it == total:
-                    problem = guard.problem()
-                    if problem is not None:
-                        raise _Diverged(problem)
-                    now = time.perf_counter()
-                    host = _host_metrics(metrics)
-                    record = {"iteration": it, "time_s": round(now - t_start, 3),
-                              "it_per_s": round((it - last_it) / max(now - t_last, 1e-9), 4),
-                              "lr_g": learner.opt_g.param_groups[0]["lr"], **host}
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
-                    if tb is not None:
-                        for k, v in host.items():
-                            tb.add_scalar(k, v, it)
+    resume = f"python -m engine.train --resume {run_dir}"
+    stop = _StopSignals()
+    try:
+        with LineLog(run_dir / "metrics.jsonl") as log, stop:
+            while learner.iteration < total and stop.received is None:
+                try:
+                    try:
+                        batch = next(stream)
+                    except ValueError as exc:  # a file the loader could not decode (DALI decodes per batch)
+                        save()
+                        raise TrainingStopped(f"data: {exc}; stopped at iteration {learner.iteration} with a "
+                                              "checkpoint; replace the file and resume (removing it changes the "
+                                              "data set, which a resume refuses)") from None
+                    metrics = train_step(learner, batch)
+                    it = learner.iteration
+                    guard.update(metrics, it)
+                    if it % cfg.log.log_every == 0 or it == total:
+                        check()
+                        now = time.perf_counter()
+                        host = _host_metrics(metrics)
+                        record = {"iteration": it, "time_s": round(now - t_start, 3),
+                                  "it_per_s": round((it - last_it) / max(now - t_last, 1e-9), 4),
+                                  "lr_g": learner.opt_g.param_groups[0]["lr"], **host}
+                        log.append(json.dumps(record, allow_nan=False))
+                        last_logged = it
+                        if tb is not None:
+                            for k, v in host.items():
+                                tb.add_scalar(k, v, it)
+                        if bar is not None:
+                            bar.set_postfix({k: f"{host[k]:.4g}" for k in ("loss_g", "loss_e", "loss_q") if k in host})
+                        t_last, last_it = now, it
                     if bar is not None:
-                        shown: dict[str, str] = {k: f"{host[k]:.4g}" for k in ("loss_g", "loss_e", "loss_q")
-                                                 if k in host}
-                        bar.set_postfix(shown)
-                    t_last, last_it = now, it
-                if bar is not None:
-                    bar.update(1)
-                if it % cfg.log.sample_every == 0 or it == total:
-                    write_grids(learner, x_test, run_dir, cfg.train.seed + 1)
-                if it % cfg.log.checkpoint_every == 0:
+                        bar.update(1)
+                    # The checkpoint first: a failure while drawing grids (memory, disk) never costs it. Grids read
+                    # no RNG and change no state, so the order does not change what is saved.
+                    if it % cfg.log.checkpoint_every == 0 or it == total:
+                        save()
+                    if it % cfg.log.sample_every == 0 or (it == total and cfg.log.final_grids):
+                        check()  # never draw grids of a diverged model
+                        write_grids(learner, x_test, run_dir, cfg.train.seed + 1)
+                except _Diverged as div:
+                    kept = checkpoint.latest_checkpoint(run_dir)
+                    where = f"kept the last good checkpoint {kept.name}" if kept else "no checkpoint had been written"
+                    if cfg.train.on_divergence == "stop" or kept is None or rollbacks >= cfg.train.max_rollbacks:
+                        raise TrainingStopped(f"non-finite {div}; stopped, {where}") from None
+                    rollbacks += 1
+                    checkpoint.restore(learner, stream, checkpoint.load(kept), kept)
+                    # A different seed for the chains and the amortizer draws from here on; the data order is kept.
+                    learner.rng.manual_seed(cfg.train.seed + 1_000_003 * rollbacks)
+                    guard.reset()
+                    log.append(json.dumps({"iteration": learner.iteration, "event": "rollback", "reason": str(div),
+                                           "rollback": rollbacks}))
+                    _say(f"non-finite {div}; rolled back to {kept.name} with a new seed ({rollbacks}/"
+                         f"{cfg.train.max_rollbacks})")
+                    if bar is not None:
+                        bar.reset(total=total)
+                        bar.update(learner.iteration)
+            if learner.iteration != last_saved:
+                try:
                     save()
-            except _Diverged as div:
-                kept = checkpoint.latest_checkpoint(run_dir)
-                where = f"kept the last good checkpoint {kept.name}" if kept else "no checkpoint had been written"
-                if cfg.train.on_divergence == "stop" or kept is None or rollbacks >= cfg.train.max_rollbacks:
+                except _Diverged as div:
+                    kept = checkpoint.latest_checkpoint(run_dir)
+                    where = f"kept the last good checkpoint {kept.name}" if kept else "no checkpoint had been written"
                     raise TrainingStopped(f"non-finite {div}; stopped, {where}") from None
-                rollbacks += 1
-                checkpoint.restore(learner, stream, checkpoint.load(kept))
-                # A different seed for the chains and the amortizer draws from here on; the data order is kept.
-                learner.rng.manual_seed(cfg.train.seed + 1_000_003 * rollbacks)
-                guard.reset()
-                log_file.write(json.dumps({"iteration": learner.iteration, "event": "rollback",
-                                           "reason": str(div), "rollback": rollbacks}) + "\n")
-                _say(f"non-finite {div}; rolled back to {kept.name} with a new seed ({rollbacks}/"
-                     f"{cfg.train.max_rollbacks})")
-                if bar is not None:
-                    bar.reset(total=total)
-                    bar.update(learner.iteration)
-        if learner.iteration != last_saved:
-            save()
-    if bar is not None:
-        bar.close()
-    if tb is not None:
-        tb.close()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"stopped at once by a second {stop.received or 'signal'} at iteration "
+                                  f"{learner.iteration}; {intact()}. Resume with: {resume}") from None
+    except checkpoint.CheckpointWriteError as exc:
+        raise TrainingStopped(f"{exc}; metrics.jsonl is intact up to iteration {last_logged}. Free space and "
+                              f"resume with: {resume}") from None
+    except OSError as exc:
+        raise TrainingStopped(f"could not write {describe_os_error(exc)} at iteration {learner.iteration}; "
+                              f"{intact()}. Free space and resume with: {resume}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if tb is not None:
+            tb.close()
     if stop.received is not None:
-        _say(f"stopped by {stop.received} at iteration {learner.iteration}; checkpoint written. "
-             f"Resume with: python -m engine.train --resume {run_dir}")
+        _say(f"stopped by {stop.received} at iteration {learner.iteration}; checkpoint written. Resume with: {resume}")
     else:
         _say(f"done: iterations {start_it}→{learner.iteration} in {time.perf_counter() - t_start:.1f} s; "
              f"checkpoint and grids in {run_dir}")
     return run_dir
 
 
-class _Diverged(Exception):
-    pass
+# ---------------------------------------------------------------------------------------------------------
+# Command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    fields = "\n".join(describe_fields())
+    parser = OneLineParser(
+        prog="python -m engine.train", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"config fields (override any as section.key=value; default [allowed] doc):\n{fields}\n\n"
+               "exit status: 0 done or stopped cleanly by SIGINT/SIGTERM; 2 bad input (nothing written); "
+               "1 stopped (divergence, disk full; the message names what is intact); 130 interrupted")
     parser.add_argument("config", nargs="?", help=f"YAML config (default: {DEFAULT_CONFIG.name}, or the "
                         "run's saved config.yaml with --resume)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=100")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="resume from this checkpoint of the run instead of the "
+                        "latest (newer ones are renamed *.set-aside)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs); same as log.progress=false")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_args(argv)
+    parser.add_argument("--show-config", action="store_true", help="print every config field with its default, "
+                        "allowed range and doc, and exit")
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.show_config:
+        print("\n".join(describe_fields()))
+        return 0
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():
         overrides.insert(0, config)  # `python -m engine.train a.b=1` with the default config
         config = None
+    if args.checkpoint is not None and args.resume is None:
+        args.resume = str(Path(args.checkpoint).parent)
     if args.resume is not None:
         saved = Path(args.resume) / "config.yaml"
         if config is None:
             if not saved.is_file():
-                print(f"error: --resume {args.resume}: no config.yaml there", file=sys.stderr)
-                return 2
+                raise UserError(f"--resume {args.resume}: no config.yaml there (not a run directory)")
             config = str(saved)
         overrides.append(f"log.run_dir={args.resume}")
     if args.quiet:
         overrides.append("log.progress=false")
-    try:
-        cfg = load_config(config if config is not None else DEFAULT_CONFIG, overrides)
-        if args.dry_run:
-            print(dump_config(cfg), end="")
-            return 0
-        train(cfg)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingStopped as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    cfg = load_config(config if config is not None else DEFAULT_CONFIG, overrides)
+    if args.dry_run:
+        sys.stdout.write(dump_config(cfg))
+        return 0
+    train(cfg, Path(args.checkpoint) if args.checkpoint else None,
+          argv=["python -m engine.train", *(sys.argv[1:] if argv is None else argv)])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
 
 
 if __name__ == "__main__":

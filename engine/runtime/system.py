@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import SystemConfig
+from engine.config import ConfigError, SystemConfig
 from engine.runtime.perf import PerfPlan
 
 
 def resolve_device(cfg: SystemConfig) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error before any work."""
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a :class:`ConfigError` (one line)
+    raised before any work."""
     if cfg.device == "cpu":
         return torch.device("cpu")
     if cfg.device == "cuda" or torch.cuda.is_available():
         if not torch.cuda.is_available():
-            raise RuntimeError("system.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+            raise ConfigError("system.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
         return torch.device("cuda")
     return torch.device("cpu")
 
 
 def setup(cfg: SystemConfig) -> torch.device:
+    """Device and CPU threads. ``system.threads`` (default 1) sets torch's intra-op threads; 0 keeps torch's
+    default (one per core, or ``OMP_NUM_THREADS``). One thread is the default because OpenMP workers that
+    wait for each other collapse on a shared or busy CPU (README, "CPU threads": 0.2-2.8 s per quickstart
+    iteration with one thread against up to 47 s with two on a loaded 2-core machine); the GPU path does not
+    depend on CPU threads."""
     device = resolve_device(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,74 @@ def test_paper_table_has_every_spec_figure() -> None:
     assert figs == {"cifar10": (0.015, 57.72, 60.89), "svhn": (0.002, 18.76, 21.17),
                     "celeba64": (0.005, 30.83, 35.67), "celebahq256": (0.023, 85.88, 89.54)}
     assert ev.PAPER_AUPRC == {1: 0.684, 4: 0.911, 5: 0.939, 7: 0.801, 9: 0.705}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 13: every argument bounded, the output checked before any metric runs, strict JSON
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [(f, v) for f in ("--recon-step-size", "--lebm-step-size", "--chain-step-size", "--sigma")
+     for v in ("inf", "-inf", "nan", "1e400", "-1", "0", "1e30")]
+    + [(f, v) for f in ("--seed",) for v in ("-1", str(2**64 - 1), str(10**24))]
+    + [(f, v) for f in ("--chains", "--batch", "--inception-batch") for v in ("0", str(10**9), "-5")]
+    + [("--fid-samples", v) for v in ("1", str(10**9))] + [("--snapshots", v) for v in ("1", "100000")]
+    + [(f, v) for f in ("--recon-steps", "--auprc-steps", "--lebm-steps") for v in ("-1", str(10**9))]
+    + [("--limit", v) for v in ("0", str(2**64))] + [("--chain-steps", v) for v in ("0", "10,x", "5,10000000", "")],
+)
+def test_cli_bounds_every_argument(damc_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                   flag: str, value: str) -> None:
+    def never(*a: object, **k: object) -> float:
+        raise AssertionError("a metric ran before the arguments were checked")
+
+    monkeypatch.setattr(ev, "eval_mse", never)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in damc_run.iterdir())
+    assert ev.main([str(damc_run), "--metrics", "mse,chains", f"{flag}={value}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in damc_run.iterdir()) == before
+
+
+def test_cli_checks_the_output_before_computing(damc_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*a: object, **k: object) -> float:
+        raise AssertionError("computed before the output was checked")
+
+    monkeypatch.setattr(ev, "eval_mse", never)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    cases = [(tmp_path, "is a directory"), (a_file / "out.json", "is a file, not a directory"),
+             (a_file / "deeper" / "out.json", "is a file, not a directory")]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((ro / "out.json", "cannot write in"))
+    for out, msg in cases:
+        assert ev.main([str(damc_run), "--metrics", "mse", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --out") and msg in err and "\n" not in err, err
+
+
+def test_cli_writes_strict_json_for_a_non_finite_result(damc_run: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "eval_mse", lambda *a, **k: float("nan"))
+    out = tmp_path / "r.json"
+    assert ev.main([str(damc_run), "--metrics", "mse", "--limit", "8", "--out", str(out), "--quiet"]) == 0
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    report = json.loads(out.read_text(), parse_constant=refuse)
+    assert report["metrics"]["mse"]["value"] is None
+    assert any("non-finite values written as null: metrics.mse.value" in n for n in report["notes"])
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_device_cuda_without_a_gpu_is_one_line(damc_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ev.main([str(damc_run), "--metrics", "mse", "--device", "cuda", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: system.device = 'cuda' but no CUDA device is visible; use "
+                                               "'auto' or 'cpu'")

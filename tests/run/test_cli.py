@@ -55,7 +55,7 @@ def test_module_entry_rejects_bad_override_before_any_work(tmp_path: Path) -> No
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: langevin.prior.step_size = -1.0: must be > 0.0"
+    assert proc.stderr.strip() == "error: langevin.prior.step_size = -1.0: must be >= 1e-06 and <= 10.0"
     assert not run.exists()
 
 
