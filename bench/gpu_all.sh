@@ -22,6 +22,7 @@
 #   bench_variants  bench/bench_variants.py: the fast plan's open choices (U-Net fp32/bf16, hoisted sampler,
 #                   per-loop vs one graph, side streams, G's first/last layer, NCHW, cudnn limits), as long as
 #                   the budget allows; max-autotune only if DAMC_BENCH_MAX_AUTOTUNE=1 -> $OUT/bench_variants.jsonl
+#   ddp             python -m bench.ddp: iterations/s and efficiency at 1, 2, 4, 8 GPUs (only with >= 2 GPUs)
 #   report          python -m bench.report: bench/results/<gpu>.json and .md (copied to $OUT); a run cut short
 #                   is written as <gpu>.smoke.json / .md and says what is missing                    (≤ 25 s)
 # With `all`, the tests come first and the benchmark is guaranteed its time; the profile and the variants get what
@@ -96,6 +97,13 @@ if [ "$WHAT" != tests ]; then
     bench/bench_device.py --benchmark-only "--benchmark-json=$OUT/bench_main.json"
   # One call of the posterior chain, the Q updates and the prior sampling under torch.profiler (issue 14 item 4).
   stage profile "$(limit 90 30)" "$PY" -m bench.profile --out "$OUT"
+  # Multi-GPU scaling (issue 16) only where there are >= 2 GPUs (the lent machines have one).
+  ngpu=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  if [ "${ngpu:-0}" -ge 2 ]; then
+    stage ddp "$(limit 240 60)" "$PY" -m bench.ddp --out "$OUT/ddp.json"
+  else
+    echo "=== ddp: skipped (${ngpu:-0} GPU here; python -m bench.ddp needs >= 2)" | tee "$OUT/ddp.log"
+  fi
   select="not max_autotune"
   [ "${DAMC_BENCH_MAX_AUTOTUNE:-0}" = 1 ] && select="variant"
   DAMC_BENCH_STREAM="$OUT/bench_variants.jsonl" stage bench_variants "$(limit 400 30)" "${PYTEST[@]}" \

@@ -144,11 +144,16 @@ class OptimConfig:
     lr_decay: float = _num(0.99, gt=0.0, le=1.0, doc="learning-rate factor every lr_decay_every iterations")
     lr_decay_every: int = _num(1000, ge=1, le=10**9, doc="iterations between learning-rate decays")
     lr_min: float = _num(1e-5, ge=0.0, le=1.0, doc="learning-rate floor")
+    lr_scale_batch: int = _num(0, ge=0, le=65536, doc="0: the LRs above as given (default, also with several GPUs: "
+                               "train.batch_size is the global batch); B > 0: every LR times train.batch_size / B "
+                               "(the linear scaling rule, for a batch grown with the GPU count from the B the LRs "
+                               "were tuned for)")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _num(128, ge=1, le=65536, doc="images per iteration")
+    batch_size: int = _num(128, ge=1, le=65536, doc="images per iteration, over all processes (torchrun: each of the "
+                           "W ranks trains on batch_size / W; must divide evenly)")
     iterations: int = _num(200_000, ge=1, le=10**9, doc='total iterations (the paper: "converges within 200K")')
     seed: int = _num(0, ge=0, le=SEED_MAX, doc="seed of the run (initialisation, chains, data order)")
     on_divergence: Literal["stop", "rollback"] = _opt(
@@ -187,6 +192,8 @@ class SystemConfig:
     device: Literal["auto", "cpu", "cuda"] = _opt("auto", "auto: CUDA when present, else CPU")
     threads: int = _num(1, ge=0, le=512, doc="CPU intra-op threads (0 = torch's default, one per core); 1 is robust "
                         "on shared or busy CPUs, see README")
+    dist_timeout_s: float = _num(600.0, ge=1.0, le=86400.0, doc="torchrun: seconds a collective waits for the other "
+                                 "ranks before the job stops with an error (a rank that died or hangs)")
 
 
 Switch = Literal["auto", "on", "off"]

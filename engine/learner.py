@@ -33,6 +33,7 @@ from engine.sampling.diffusion import SamplerTable, sampler_table
 __all__ = [
     "Learner",
     "amortizer_updates",
+    "base_learning_rates",
     "build_learner",
     "damc_prior_images",
     "damc_prior_latents",
@@ -80,14 +81,15 @@ def build_learner(cfg: Config, device: torch.device, rng: torch.Generator) -> Le
     nets.energy.to(device)
     o = cfg.optim
     betas = (o.beta1, o.beta2)
-    opt_g = torch.optim.Adam(nets.generator.parameters(), lr=o.g_lr, betas=betas)
-    opt_e = torch.optim.Adam(nets.energy.parameters(), lr=o.e_lr, betas=betas)
+    g_lr, e_lr, q_lr = base_learning_rates(cfg)
+    opt_g = torch.optim.Adam(nets.generator.parameters(), lr=g_lr, betas=betas)
+    opt_e = torch.optim.Adam(nets.energy.parameters(), lr=e_lr, betas=betas)
     opt_q = ema = None
     if damc:
         assert nets.amortizer is not None
         nets.amortizer.to(device)
         ema = copy.deepcopy(nets.amortizer).requires_grad_(False)
-        opt_q = torch.optim.AdamW(nets.amortizer.parameters(), lr=o.q_lr, betas=betas,
+        opt_q = torch.optim.AdamW(nets.amortizer.parameters(), lr=q_lr, betas=betas,
                                   weight_decay=o.q_weight_decay)
     d = cfg.diffusion
     table = sampler_table(d.n_steps, d.logsnr_min, d.logsnr_max, device=device)
@@ -110,11 +112,20 @@ def _lr_at(lr0: float, completed: int, decay: float, every: int, floor: float) -
     return max(lr0 * decay ** (completed // every), floor)
 
 
+def base_learning_rates(cfg: Config) -> tuple[float, float, float]:
+    """(G, E, Q) learning rates before decay: ``optim.*_lr``, times ``train.batch_size / optim.lr_scale_batch`` when
+    that is set (the linear scaling rule; off by default, so several GPUs keep the single-GPU LRs)."""
+    o = cfg.optim
+    scale = cfg.train.batch_size / o.lr_scale_batch if o.lr_scale_batch > 0 else 1.0
+    return o.g_lr * scale, o.e_lr * scale, o.q_lr * scale
+
+
 def set_learning_rates(learner: Learner) -> None:
     """Set every optimizer's LR for the current iteration count (closed form, so resume is exact). A device-tensor
     LR (the fast path's fused optimizers) is written in place: one fill on the device, no host read."""
     o = learner.cfg.optim
-    pairs = [(learner.opt_g, o.g_lr), (learner.opt_e, o.e_lr), (learner.opt_q, o.q_lr)]
+    g_lr, e_lr, q_lr = base_learning_rates(learner.cfg)
+    pairs = [(learner.opt_g, g_lr), (learner.opt_e, e_lr), (learner.opt_q, q_lr)]
     for opt, lr0 in pairs:
         if opt is None:
             continue

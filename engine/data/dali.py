@@ -66,14 +66,17 @@ class _DaliStream(PlanBacked):
     """
 
     def __init__(self, num_images: int, batch_size: int, *, seed: int, flip: bool, device: torch.device | str,
-                 num_threads: int | None, prefetch: int) -> None:
+                 num_threads: int | None, prefetch: int, rank: int = 0, world_size: int = 1) -> None:
         import_dali()  # the install hint if DALI is missing
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"DALI loaders run on 'cpu' or 'cuda' devices, got {self.device}")
         self.gpu = self.device.type == "cuda"
-        self.plan = EpochPlan(num_images, batch_size, seed=seed, flip=flip)
-        self.batch_size = self.plan.batch_size
+        # Several processes: this rank's shard of every global batch, fed by us from the shared plan. (DALI's
+        # readers shard with shard_id / num_shards; our external_source pipelines take the plan's shard instead,
+        # which keeps every loader's batches and checkpointed state identical.)
+        self.plan = EpochPlan(num_images, batch_size, seed=seed, flip=flip, rank=rank, world_size=world_size)
+        self.batch_size = self.plan.local_batch_size  # rows per pipeline run
         self.prefetch = max(1, int(prefetch))
         self.num_threads = int(num_threads or max(1, min(4, os.cpu_count() or 1)))
         self._inflight: deque[Cursor] = deque()  # plan state before each fed, not yet returned batch
@@ -195,12 +198,14 @@ class DaliMemoryStream(_DaliStream):
         exact: bool = True,
         num_threads: int | None = None,
         prefetch: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         check_u8(images_u8)
         self._np = images_u8.cpu().contiguous().numpy()
         self.exact = bool(exact)
         super().__init__(images_u8.shape[0], batch_size, seed=seed, flip=flip, device=device,
-                         num_threads=num_threads, prefetch=prefetch)
+                         num_threads=num_threads, prefetch=prefetch, rank=rank, world_size=world_size)
 
     def _graph(self, fn: Any, types: Any) -> Any:
         images = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="CHW", device="cpu")
@@ -244,6 +249,8 @@ class DaliFolderStream(_DaliStream):
         exact: bool = True,
         num_threads: int | None = None,
         prefetch: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.spec = spec
         self.shape = check_shape(spec.image_shape)
@@ -255,7 +262,7 @@ class DaliFolderStream(_DaliStream):
         # after one is consumed, so a bounded deque drops exactly the consumed batch.
         self._fed_ids: deque[list[int]] = deque(maxlen=max(1, int(prefetch)))
         super().__init__(len(self.files), batch_size, seed=seed, flip=flip, device=device,
-                         num_threads=num_threads, prefetch=prefetch)
+                         num_threads=num_threads, prefetch=prefetch, rank=rank, world_size=world_size)
 
     def _graph(self, fn: Any, types: Any) -> Any:
         c, h, w = self.shape

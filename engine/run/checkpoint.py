@@ -65,8 +65,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def capture(learner: Learner, stream: Loader) -> dict[str, Any]:
-    """The full training state as plain tensors and Python values (loadable with weights_only=True)."""
+def rng_state(learner: Learner) -> dict[str, Any]:
+    """This process's random state: the run's device RNG and the global CPU (and CUDA) generators."""
+    state: dict[str, Any] = {"rng": learner.rng.get_state(), "cpu_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def capture(learner: Learner, stream: Loader, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The full training state as plain tensors and Python values (loadable with weights_only=True).
+
+    ``ranks``: every rank's :func:`rng_state` in rank order, gathered to rank 0 (several processes). Rank 0's
+    goes where a single process keeps its own, so a one-process file is unchanged and evaluation reads any
+    checkpoint alike; ranks 1.. go to ``rank_rngs`` beside ``world_size``. Networks, optimizers and the data
+    position are the same on every rank (asserted at every checkpoint, ``engine.run.ranks``), so one copy serves.
+    """
     nets = learner.nets
     state: dict[str, Any] = {
         "format": 1,
@@ -87,6 +101,9 @@ def capture(learner: Learner, stream: Loader) -> dict[str, Any]:
         state["amortizer"] = nets.amortizer.state_dict()
         state["amortizer_ema"] = learner.amortizer_ema.state_dict()
         state["opt_q"] = learner.opt_q.state_dict()
+    if ranks is not None and len(ranks) > 1:
+        state["world_size"] = len(ranks)
+        state["rank_rngs"] = ranks[1:]
     return state
 
 
@@ -131,6 +148,17 @@ def check_state(state: dict[str, Any], path: Path) -> None:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise _fail(path, f"'{key}.{name}' holds non-finite values (a diverged state); not a good "
                             "checkpoint")
+    world = state.get("world_size", 1)
+    if not isinstance(world, int) or world < 1:
+        raise _fail(path, f"'world_size' is {world!r}, not a positive integer")
+    extra = state.get("rank_rngs", [])
+    if world > 1 and (not isinstance(extra, list) or len(extra) != world - 1):
+        raise _fail(path, f"'rank_rngs' does not hold the random state of ranks 1..{world - 1}")
+    for i, ranked in enumerate(extra if world > 1 else []):
+        for key, sizes in (("rng", (cpu_size, _CUDA_RNG_BYTES)), ("cpu_rng", (cpu_size,))):
+            t = ranked.get(key) if isinstance(ranked, dict) else None
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.numel() not in sizes:
+                raise _fail(path, f"'rank_rngs' of rank {i + 1}: '{key}' is missing or not a generator state")
     data = state["data"]
     for key in ("epoch", "position", "permutation", "generator"):
         if key not in data:
@@ -146,13 +174,27 @@ def check_state(state: dict[str, Any], path: Path) -> None:
                     f"{perm.numel()} images")
 
 
-def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path | None = None) -> None:
-    """Load ``state`` into a freshly built learner and stream (in place: addresses stay stable).
+def check_world(state: dict[str, Any], world_size: int, path: Path) -> None:
+    """A checkpoint resumes bit-for-bit only on the world size that wrote it (every rank's RNG stream and data
+    shard depend on it); anything else is one line."""
+    saved = int(state.get("world_size", 1))
+    if saved != world_size:
+        how = "python -m engine.train" if saved == 1 else f"torchrun with {saved} processes in all"
+        raise _fail(path, f"was written by {saved} process(es) and this job has {world_size}; a resume is exact "
+                    f"only on the same world size: resume with {how} (the global batch stays train.batch_size)")
 
-    Any mismatch (a tensor of the wrong shape, a data position for another data set) is a
+
+def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path | None = None, rank: int = 0,
+            world_size: int = 1) -> None:
+    """Load ``state`` into a freshly built learner and stream (in place: addresses stay stable); rank ``rank`` of
+    ``world_size`` processes takes its own random state.
+
+    Any mismatch (a tensor of the wrong shape, a data position for another data set, another world size) is a
     :class:`CheckpointError` naming ``path``.
     """
     where = path if path is not None else Path("(state)")
+    check_world(state, world_size, where)
+    rngs = state if rank == 0 else state["rank_rngs"][rank - 1]
     nets = learner.nets
     if nets.amortizer is not None and "amortizer" not in state:
         raise _fail(where, "has no amortizer (it was written by an LEBM run); use method=lebm")
@@ -166,10 +208,10 @@ def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path 
             nets.amortizer.load_state_dict(state["amortizer"])
             learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
             learner.opt_q.load_state_dict(state["opt_q"])
-        learner.rng.set_state(state["rng"])
-        torch.set_rng_state(state["cpu_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        learner.rng.set_state(rngs["rng"])
+        torch.set_rng_state(rngs["cpu_rng"])
+        if "cuda_rng" in rngs and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rngs["cuda_rng"])
         stream.load_state_dict(state["data"])
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise _fail(where, f"does not fit this run ({_first_line(exc)})") from None

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.config import Config, ConfigError, resume_differences, to_dict
+from engine.config import Config, ConfigError, from_dict, resume_differences, to_dict
 from engine.data import FolderSpec, load_images
 from engine.data.sources import resolve_source
 from engine.errors import describe_os_error
@@ -129,7 +129,8 @@ def open_run(cfg: Config, chosen: Path | None = None) -> Start:
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}{checkpoint.describe_fallback(run_dir, path)} (newer checkpoints are set "
                                   "aside, not deleted)") from None
-        diffs = resume_differences(state["config"], to_dict(cfg))
+        # Through from_dict: fields added since the run was written read as their defaults, not as changes.
+        diffs = resume_differences(to_dict(from_dict(state["config"])), to_dict(cfg))
         if diffs:
             raise ConfigError(f"{where}: holds a run with a different config; changed: {'; '.join(diffs)}. "
                               "Choose another log.run_dir")

@@ -20,7 +20,9 @@ Semantics (README "Several GPUs"):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,15 +34,19 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from engine.errors import EXIT_STOPPED, UserError
+
 __all__ = ["Distributed", "DistributedError", "from_env", "rank_seed"]
 
 # torchrun sets these (torch.distributed.run); RANK without WORLD_SIZE is a broken environment.
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """The distributed environment is unusable (bad torchrun variables, no device for a rank, a peer that died);
-    the message is one line."""
+    the message is one line, the exit status 1."""
+
+    exit_code = EXIT_STOPPED
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -154,9 +160,20 @@ class Distributed:
                                    ) from None
         return cls(launch, device, backend, control)
 
-    def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, clean: bool = True) -> None:
+        """Leave the job. ``clean``: every rank got here normally, so wait for the others first (a rank that tears
+        its gloo connections down while a peer still uses them can abort the peer at exit)."""
+        if not (self.active and dist.is_initialized()):
+            return
+        if clean:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):  # a peer already left: nothing to wait for
+                dist.barrier(group=self._control)
+        dist.destroy_process_group()
+        # Drop our reference too: a process group that outlives destroy_process_group is torn down during
+        # interpreter finalization, where gloo's threads can abort the process ("terminate called without an
+        # active exception", exit -6) after a run that finished cleanly.
+        self._control = None
+        gc.collect()
 
     # -- collectives ------------------------------------------------------------------------------------------
 
