@@ -261,6 +261,13 @@ def validate(cfg: Config) -> Config:
             f"diffusion.logsnr_min = {cfg.diffusion.logsnr_min!r}: must be < diffusion.logsnr_max "
             f"({cfg.diffusion.logsnr_max!r})"
         )
+    if cfg.optim.lr_scale_batch > 0:
+        scale = cfg.train.batch_size / cfg.optim.lr_scale_batch
+        for name in ("g_lr", "e_lr", "q_lr"):
+            lr = getattr(cfg.optim, name)
+            if lr * scale > 1.0:
+                raise ConfigError(f"optim.{name} = {lr!r} scaled by train.batch_size / optim.lr_scale_batch = "
+                                  f"{scale:g} is {lr * scale:g}: must stay <= 1")
     if cfg.model.ntemb % 2:
         raise ConfigError(f"model.ntemb = {cfg.model.ntemb!r}: must be even (sin and cos halves)")
     if cfg.data.source != "digits" and not cfg.data.root.strip():

@@ -185,3 +185,25 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path: Path) -> Non
     state = torch.load(run / f"ckpt-{n:07d}.pt", weights_only=True)
     assert state["iteration"] == n
     assert [m["iteration"] for m in metrics(run) if "event" not in m] == list(range(1, n + 1))
+
+
+def test_linear_lr_scaling_is_off_by_default_and_bounded() -> None:
+    from engine.learner import base_learning_rates
+
+    cfg = load_config(QUICK, TINY)
+    assert base_learning_rates(cfg) == (cfg.optim.g_lr, cfg.optim.e_lr, cfg.optim.q_lr)
+    scaled = load_config(QUICK, [*TINY, "train.batch_size=64", "optim.lr_scale_batch=16"])
+    assert base_learning_rates(scaled) == (4 * scaled.optim.g_lr, 4 * scaled.optim.e_lr, 4 * scaled.optim.q_lr)
+    with pytest.raises(ConfigError, match="optim.g_lr = 0.5 scaled by"):
+        load_config(QUICK, [*TINY, "train.batch_size=64", "optim.lr_scale_batch=16", "optim.g_lr=0.5"])
+
+
+def test_a_checkpoint_resumes_only_on_its_world_size(tmp_path: Path) -> None:
+    from engine.run import checkpoint
+
+    state: dict[str, object] = {"world_size": 2}
+    with pytest.raises(checkpoint.CheckpointError, match="written by 2 process.*this job has 1.*torchrun with 2"):
+        checkpoint.check_world(state, 1, tmp_path / "ckpt-0000001.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="written by 1 process.*this job has 4.*python -m engine"):
+        checkpoint.check_world({}, 4, tmp_path / "ckpt-0000001.pt")
+    checkpoint.check_world({}, 1, tmp_path / "x.pt")
