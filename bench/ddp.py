@@ -11,6 +11,8 @@ times ``--iterations`` iterations between two ``cuda.synchronize``-ed barriers. 
 
 * ``weak``: every GPU keeps the paper's batch (global batch 128·N); efficiency = it/s(N) / it/s(1).
 * ``strong``: the global batch stays 128 (128 / N per GPU); efficiency = it/s(N) / (N · it/s(1)).
+* ``launch=plain``: one process without torchrun, beside torchrun's world size 1 (the overhead of the
+  distributed machinery on one GPU: the per-iteration stop agreement is the only addition).
 * ``sync=none`` beside ``sync=flat`` at the same N: the ranks train without averaging (timing only, the replicas
   drift): the difference is what the gradient all-reduce costs, i.e. the most DDP's overlap of communication
   with the backward pass could save.
@@ -41,7 +43,11 @@ from engine.runtime.fast import build_chains
 
 def _worker(args: argparse.Namespace) -> None:
     launch = from_env()
-    dist = Distributed.start(launch, args.device, 600.0)
+    if launch.launched:
+        dist = Distributed.start(launch, args.device, 600.0)
+    else:  # the plain `python` row: no process group at all
+        want = "cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu"
+        dist = Distributed.single(torch.device(want))
     world = dist.world_size
     per_gpu = args.batch if args.scaling == "weak" else args.batch // world
     cfg = bench_config(args.sizes, [f"train.batch_size={per_gpu * world}", f"perf.preset={args.preset}",
@@ -76,7 +82,8 @@ def _worker(args: argparse.Namespace) -> None:
     times = dist.gather(seconds)
     if dist.is_main:
         assert times is not None
-        row = {"gpus": world, "scaling": args.scaling, "sync": args.sync, "preset": args.preset,
+        row = {"gpus": world, "launch": "torchrun" if launch.launched else "plain", "scaling": args.scaling,
+               "sync": args.sync, "preset": args.preset,
                "sizes": args.sizes, "batch_per_gpu": per_gpu, "global_batch": per_gpu * world,
                "iterations": args.iterations, "seconds": max(times), "it_per_s": args.iterations / max(times),
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -85,9 +92,11 @@ def _worker(args: argparse.Namespace) -> None:
     dist.close()
 
 
-def _launch(n: int, args: argparse.Namespace, scaling: str, sync_mode: str) -> dict[str, Any] | None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m",
-           "bench.ddp", "--worker", f"--sizes={args.sizes}", f"--device={args.device}", f"--preset={args.preset}",
+def _launch(n: int, args: argparse.Namespace, scaling: str, sync_mode: str, plain: bool = False
+            ) -> dict[str, Any] | None:
+    launcher = [] if plain else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    cmd = [sys.executable, *launcher, "-m", "bench.ddp", "--worker", f"--sizes={args.sizes}",
+           f"--device={args.device}", f"--preset={args.preset}",
            f"--iterations={args.iterations}", f"--warmup={args.warmup}", f"--batch={args.batch}",
            f"--scaling={scaling}", f"--sync={sync_mode}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -104,6 +113,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     available = torch.cuda.device_count() if args.device != "cpu" else os.cpu_count() or 1
     rows: list[dict[str, Any]] = []
     base: dict[str, float] = {}
+    if 1 in args.gpus:  # world size 1 under torchrun vs plain python: the cost of the distributed machinery itself
+        plain = _launch(1, args, "weak", "flat", plain=True)
+        if plain is not None:
+            rows.append(plain)
+            print(f"1 GPU  plain python        : {plain['it_per_s']:.3f} it/s", flush=True)
     for n in args.gpus:
         if n > available:
             print(f"{n} process(es): skipped ({available} {'GPU' if args.device != 'cpu' else 'CPU core'}(s) here)",
