@@ -370,7 +370,13 @@ def _loop(cfg: Config, run_dir: Path, learner: Learner, stream: Loader, loader_k
                     try:
                         batch = next(stream)
                     except ValueError as exc:  # a file the loader could not decode (DALI decodes per batch)
-                        save()  # (ranks decode their own shards: the others stop at the next collective)
+                        if dist.world_size > 1:
+                            # Only this rank met the file (each decodes its own shard): a checkpoint would need
+                            # every rank in the same collective, so stop now; the others stop at their next one.
+                            raise TrainingStopped(f"rank {dist.rank}: data: {exc}; stopped at iteration "
+                                                  f"{learner.iteration}; {intact()}; replace the file and "
+                                                  "resume") from None
+                        save()
                         raise TrainingStopped(f"data: {exc}; stopped at iteration {learner.iteration} with a "
                                               "checkpoint; replace the file and resume (removing it changes the "
                                               "data set, which a resume refuses)") from None
