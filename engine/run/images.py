@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from engine.files import atomic_write
+from engine.learner import Learner, damc_prior_latents, lebm_prior_latents, reconstruct
+from engine.runtime import system
 
-__all__ = ["make_grid", "save_grid", "to_uint8"]
+__all__ = ["make_grid", "save_grid", "to_uint8", "write_grids"]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -96,3 +98,29 @@ def save_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: img.save(f, format="PNG"))
     return path
+
+
+def _grid_style(height: int) -> dict[str, int]:
+    # 8×8 digits are drawn 4× so that a grid is legible; grey separators between black-background cells.
+    return {"scale": max(1, 32 // height), "pad_value": 128}
+
+
+def write_grids(learner: Learner, x_test: torch.Tensor, run_dir: Path, seed: int) -> None:
+    """PNG grids with a fixed eval RNG, so successive grids differ only because the model changed."""
+    cfg = learner.cfg
+    rng = system.make_generator(learner.device, seed)
+    n, tag = cfg.eval.n_samples, f"{learner.iteration:07d}"
+    style = _grid_style(x_test.shape[-1])
+    nets = learner.nets
+    with torch.no_grad():
+        if nets.amortizer is not None:
+            z_damc = damc_prior_latents(learner, n, rng)
+            save_grid(nets.generator(z_damc), run_dir / f"samples_damc_{tag}.png", **style)
+    z = lebm_prior_latents(learner, n, cfg.eval.lebm_steps, cfg.eval.lebm_step_size, rng)
+    with torch.no_grad():
+        save_grid(nets.generator(z), run_dir / f"samples_lebm_{tag}.png", **style)
+    recon = reconstruct(learner, x_test, cfg.eval.recon_steps, cfg.eval.recon_step_size, rng)
+    # Rows alternate: 8 test images, then their 8 reconstructions.
+    cols = 8
+    pairs = [t for i in range(0, x_test.shape[0], cols) for t in (x_test[i:i + cols], recon[i:i + cols])]
+    save_grid(torch.cat(pairs), run_dir / f"recon_{tag}.png", nrow=cols, **style)

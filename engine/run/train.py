@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -29,12 +27,13 @@ from engine.data.dali import dali_available
 from engine.data.loaders import Loader
 from engine.errors import EXIT_INTERRUPTED, EXIT_STOPPED, OneLineParser, UserError, describe_os_error, run_cli
 from engine.files import LineLog, atomic_write
-from engine.learner import Learner, build_learner, damc_prior_latents, lebm_prior_latents, reconstruct, train_step
+from engine.learner import Learner, build_learner, train_step
 from engine.run import checkpoint, ranks
 from engine.run.budget import check_fits
 from engine.run.guard import DivergenceGuard
-from engine.run.images import save_grid
+from engine.run.images import write_grids
 from engine.run.rundir import RunLock, prepare_metrics, remove_stale_files
+from engine.run.signals import StopSignals
 from engine.run.startup import Start, create_run_dir, load_data, open_run, resolve_layout, undo_create
 from engine.runtime import perf, system
 from engine.runtime.distributed import Distributed, DistributedError, rank_seed
@@ -64,60 +63,11 @@ def _say(msg: str) -> None:
 # Output
 
 
-def _grid_style(height: int) -> dict[str, int]:
-    # 8×8 digits are drawn 4× so that a grid is legible; grey separators between black-background cells.
-    return {"scale": max(1, 32 // height), "pad_value": 128}
-
-
-def write_grids(learner: Learner, x_test: torch.Tensor, run_dir: Path, seed: int) -> None:
-    """PNG grids with a fixed eval RNG, so successive grids differ only because the model changed."""
-    cfg = learner.cfg
-    rng = system.make_generator(learner.device, seed)
-    n, tag = cfg.eval.n_samples, f"{learner.iteration:07d}"
-    style = _grid_style(x_test.shape[-1])
-    nets = learner.nets
-    with torch.no_grad():
-        if nets.amortizer is not None:
-            z_damc = damc_prior_latents(learner, n, rng)
-            save_grid(nets.generator(z_damc), run_dir / f"samples_damc_{tag}.png", **style)
-    z = lebm_prior_latents(learner, n, cfg.eval.lebm_steps, cfg.eval.lebm_step_size, rng)
-    with torch.no_grad():
-        save_grid(nets.generator(z), run_dir / f"samples_lebm_{tag}.png", **style)
-    recon = reconstruct(learner, x_test, cfg.eval.recon_steps, cfg.eval.recon_step_size, rng)
-    # Rows alternate: 8 test images, then their 8 reconstructions.
-    cols = 8
-    pairs = [t for i in range(0, x_test.shape[0], cols) for t in (x_test[i:i + cols], recon[i:i + cols])]
-    save_grid(torch.cat(pairs), run_dir / f"recon_{tag}.png", nrow=cols, **style)
-
-
 def _host_metrics(metrics: dict[str, torch.Tensor], dist: Distributed) -> dict[str, float]:
     """The one device→host read per log interval; with several processes, the mean over ranks (one all-reduce)."""
     keys = sorted(metrics)
     values = dist.mean_(torch.stack([metrics[k].float() for k in keys])).tolist()
     return dict(zip(keys, values, strict=True))
-
-
-class _StopSignals:
-    """SIGINT/SIGTERM set a flag checked between iterations; a second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:  # second signal: give up on the clean stop
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self) -> _StopSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 class _Diverged(Exception):
@@ -360,7 +310,7 @@ def _loop(cfg: Config, run_dir: Path, learner: Learner, stream: Loader, loader_k
     t_start = t_last = time.perf_counter()
     last_it = start_it
     resume = f"python -m engine.train --resume {run_dir}"
-    stop = _StopSignals()
+    stop = StopSignals()
     try:
         with (LineLog(run_dir / "metrics.jsonl") if main else _NoLog()) as log, stop:
             # One small host all-reduce per iteration (several processes): a signal on any rank stops every rank
