@@ -72,7 +72,7 @@ def resolve_checkpoint(run_dir: Path, given: str | None) -> Path:
 def resolve_device(name: str) -> torch.device:
     try:
         return system.resolve_device(SystemConfig(device=name))  # type: ignore[arg-type]
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # engine.schema.ConfigError (a ValueError) since issue 13
         raise ExportError(str(exc).replace("system.device", "--device")) from None
 
 
