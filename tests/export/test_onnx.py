@@ -89,6 +89,7 @@ def test_per_step_and_whole_onnx_agree(artifacts: dict[str, Path]) -> None:
     assert (a - b).abs().max() <= 1e-5
 
 
+@pytest.mark.slow  # ~30-75 s on 2 cores (a 100-step model trained for the test); python -m pytest -m slow
 def test_a_100_step_per_step_onnx_export_stays_within_1e_5(damc_run_100: Path, tmp_path: Path) -> None:
     out = export(damc_run_100, "onnx", "per-step", tmp_path / "a")
     learner = checkpoint.load_run(damc_run_100, CPU)
