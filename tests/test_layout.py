@@ -126,7 +126,7 @@ LAYERS = (
     ("engine.data",),
     ("engine.run",),
     ("engine.eval",),
-    ("engine.train", "engine.toy", "engine.eval.__main__"),
+    ("engine.train", "engine.toy", "engine.study", "engine.eval.__main__"),
 )
 
 

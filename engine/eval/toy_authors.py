@@ -138,7 +138,7 @@ def _replay_q(model: ToyModel, nz: int, nxemb: int, ntemb: int, nf: int) -> None
     shapes = [(nz * 2, w1), (w1, w2), (w2, w2), (w2, w2), (2 * w2, w2), (2 * w2, w1), (2 * w1, nz)]
     blocks = [*unet.enc, unet.mid, *unet.dec]
     for block, (a, b) in zip(blocks, shapes, strict=True):  # net:81-96
-        _block_into(block, a, b, ctx)  # type: ignore[arg-type]
+        _block_into(block, a, b, ctx)
     torch.randn(1, nxemb)  # self.xemb (net:179): never used, but drawn
     _linear_into(model.null_token.net[0], nz, 128)  # type: ignore[arg-type]  # prior_emb, net:180-184
     _linear_into(model.null_token.net[2], 128, nxemb)  # type: ignore[arg-type]

@@ -56,6 +56,7 @@ class ToyConfig:
     short_steps: int = 50  # short-run Langevin baseline, from N(0, I)
     eval_step_size: float = 0.1
     n_projections: int = 1000  # sliced Wasserstein
+    grid_cells: int = 601  # exact posterior: cells per axis of the grid over [−6, 6]²
     # Pooled evaluation (the authors' protocol): one sample per x over many x; 0 turns it off. With setup "authors"
     # it must be a multiple of the batch size (their 10 × 500 x: ten noise draws of one set of 500 latents).
     n_pooled_x: int = 5000

@@ -43,13 +43,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.eval.distances import sliced_wasserstein
 from engine.eval.plots import Series, line_panels_png
-from engine.eval.toy import check_config, pooled_kde_png, run
+from engine.eval.toy import check_config, pooled_kde_png, pooled_reference, problem, run
 from engine.eval.toy_authors import authors_config, authors_cpu_config
 from engine.eval.toy_problem import ToyConfig, fast_config
 from engine.files import atomic_write
 
-__all__ = ["CLAIM_ITERATIONS", "QUALIFY_RATIO", "main", "parse_seeds", "run_seeds", "summarize", "verdict"]
+__all__ = ["CLAIM_ITERATIONS", "QUALIFY_RATIO", "main", "parse_seeds", "qualification", "run_seeds", "same_config",
+           "summarize", "verdict"]
 
 QUALIFY_RATIO = 3.0  # short-run LD at least this many floors away from long-run LD
 CLAIM_ITERATIONS = 3000  # the amortizer is judged after this many training iterations
@@ -65,6 +67,16 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
            "margin": short - floor - damc, "pre_registered": report["config"]["iterations"] == CLAIM_ITERATIONS}
     out["claim"] = ("holds" if holds else "does not hold") if qualifies else "not qualifying"
     return out
+
+
+def qualification(cfg: ToyConfig) -> dict[str, float]:
+    """The qualifying test alone (training-free, no exact posterior): pooled SW2 of short-run LD and of the
+    second long-run set to long-run set A, and their ratio."""
+    pref = pooled_reference(problem(cfg), cfg, exact=False)
+    a = pref.sets["long_run"]
+    short, floor = (sliced_wasserstein(pref.sets[k], a, cfg.n_projections, seed=cfg.seed)
+                    for k in ("short_run", "long_run_b"))
+    return {"short_run": short, "floor": floor, "ratio": short / floor}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -85,6 +97,13 @@ def parse_seeds(text: str) -> list[int]:
 # Several instances
 
 
+def same_config(saved: dict[str, Any], cfg: ToyConfig) -> bool:
+    """Whether a saved config is ``cfg``; a field the saved one lacks (added later) must hold its default."""
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as saved
+    defaults = json.loads(json.dumps(asdict(ToyConfig())))
+    return all(saved[k] == v if k in saved else v == defaults[k] for k, v in now.items()) and set(saved) <= set(now)
+
+
 def _seed_dir(out: Path, seed: int) -> Path:
     return out / f"seed-{seed}"
 
@@ -96,8 +115,7 @@ def run_seeds(cfg: ToyConfig, seeds: list[int], out: Path, log: Any = None) -> d
         c = replace(cfg, seed=s)
         path = _seed_dir(out, s) / "toy.json"
         if path.is_file():
-            old = json.loads(path.read_text())
-            if old.get("config") != json.loads(json.dumps(asdict(c))):
+            if not same_config(json.loads(path.read_text()).get("config", {}), c):
                 raise ValueError(f"{path} holds a run with another config; choose another --out")
             if log is not None:
                 log(f"seed {s}: already done ({path})")
@@ -151,7 +169,7 @@ def summarize(out: Path) -> dict[str, Any]:
                "statement": _statement(rows)}
     text = json.dumps(summary, indent=2)
     atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
-    md = _markdown(rows, cfg, summary["statement"])
+    md = _markdown(rows, cfg, _statement(rows))
     atomic_write(out / "summary.md", lambda f: f.write(md.encode()))
     kde_rows, labels, captions = [], [], []
     for s, _ in found:
@@ -258,8 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, help="samples per x and method (default 2000, or 500 with --fast)")
     p.add_argument("--gt-steps", type=int, help="long-run Langevin steps (engine 2000, 1000 with --fast; authors 1000)")
     p.add_argument("--pooled-x", type=int, help="observations of the pooled evaluation (default 5000; 0: off)")
+    p.add_argument("--grid-cells", type=int, help="exact posterior: grid cells per axis over [−6, 6]² (default 601)")
     p.add_argument("--eval-every", type=int, help="measure the amortizer every N iterations (learning curve)")
     p.add_argument("--curve", action="store_true", help="same as --eval-every 100")
+    p.add_argument("--qualify-only", action="store_true",
+                   help="only the training-free qualifying test of each seed (no exact posterior): "
+                        "OUT/qualification.json")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     return p
 
@@ -273,7 +295,7 @@ def config_from_args(args: argparse.Namespace) -> ToyConfig:
         cfg = replace(cfg, seed=args.seed)
     for flag, field in (("train_seed", "train_seed"), ("obs_sigma", "obs_sigma"), ("iterations", "iterations"),
                         ("eval_x", "n_eval_x"), ("eval_samples", "n_eval_samples"), ("gt_steps", "gt_steps"),
-                        ("pooled_x", "n_pooled_x"), ("eval_every", "eval_every")):
+                        ("pooled_x", "n_pooled_x"), ("eval_every", "eval_every"), ("grid_cells", "grid_cells")):
         value = getattr(args, flag)
         if value is not None:
             cfg = replace(cfg, **{field: value})
@@ -302,6 +324,18 @@ def main(argv: list[str] | None = None) -> int:
         print(s, file=sys.stderr, flush=True)
 
     try:
+        if args.qualify_only:
+            rows = []
+            for s in seeds or [cfg.seed]:
+                q = {"seed": s, **qualification(replace(cfg, seed=s))}
+                q["qualifies"] = q["ratio"] >= QUALIFY_RATIO
+                rows.append(q)
+                print(f"seed {s}: short-run {q['short_run']:.4f}, floor {q['floor']:.4f}, ratio {q['ratio']:.2f}: "
+                      f"{'qualifies' if q['qualifies'] else 'does not qualify'}", flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({"config": asdict(cfg), "qualify_ratio": QUALIFY_RATIO, "rows": rows}, indent=2)
+            atomic_write(args.out / "qualification.json", lambda f: f.write(text.encode()))
+            return 0
         if seeds:
             summary = run_seeds(cfg, seeds, args.out, log)
             print((args.out / "summary.md").read_text(), end="")
