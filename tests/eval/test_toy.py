@@ -173,3 +173,15 @@ def test_pre_registered_verdict() -> None:
     del saved["grid_cells"]
     assert toy_study.same_config(saved, toy.fast_config())
     assert not toy_study.same_config(saved, toy.fast_config(grid_cells=301))
+
+
+def test_qualifying_test_for_fixed_instances() -> None:
+    """Training-free, pooled over 1,000 x (the committed study uses 5,000): at the authors' full size their default
+    seed 1 does not qualify (50-step LD is within 1.3 floors of 1,000-step LD: measured 0.094 vs 0.070), while the
+    CPU-size instance seed 2 does (5.8 floors: 0.537 vs 0.093)."""
+    from engine.eval.toy_authors import authors_config, authors_cpu_config
+
+    full = toy_study.qualification(authors_config(seed=1, n_pooled_x=1000))
+    assert full["ratio"] < 2.0 and full["short_run"] < 0.15
+    cpu = toy_study.qualification(authors_cpu_config(seed=2, n_pooled_x=1000))
+    assert cpu["ratio"] > 4.0 and cpu["short_run"] > 0.4
