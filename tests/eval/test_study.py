@@ -49,18 +49,22 @@ def test_kid_is_unbiased_and_sees_degraded_digits(features: DigitFeatures) -> No
 
 
 def test_study_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Two iterations per method, one seed: run directories, grids, summary and table (seconds)."""
+    """Two iterations per method, one seed, short chains and sampler (the plumbing, not the sizes): run
+    directories, grids, summary and table (seconds)."""
     out, runs = tmp_path / "out", tmp_path / "runs"
     out.mkdir()
     for name in ("classifier.pt", "classifier.json"):
         shutil.copy(RESULTS / name, out / name)
-    args = ["digits", "--out", str(out), "--runs", str(runs), "--seeds", "0", "--iterations", "2", "--samples", "32"]
+    small = ["diffusion.n_steps=4", "diffusion.updates_per_iter=1", "langevin.posterior.n_steps=2",
+             "langevin.prior.n_steps=2", "eval.lebm_steps=2", "eval.recon_steps=1", "train.batch_size=16"]
+    args = ["digits", "--out", str(out), "--runs", str(runs), "--seeds", "0", "--iterations", "2", "--samples", "32",
+            *small]
     assert study.main(args) == 0
     table = capsys.readouterr().out
     for _, label, paper in study.KINDS:
         assert label in table and paper in table
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["seeds"] == [0] and summary["iterations"] == 2
+    assert summary["seeds"] == [0] and summary["iterations"] == 2 and summary["overrides"] == small
     damc, lebm = summary["per_seed"]["0"]["damc"], summary["per_seed"]["0"]["lebm"]
     assert damc["iteration"] == lebm["iteration"] == 2 and "damc_prior" not in lebm
     assert damc["damc_prior"]["n"] == 32 and damc["recon"]["n"] == 300 and 0 < damc["recon"]["mse"] < 4
