@@ -127,7 +127,7 @@ LAYERS = (
     ("engine.run",),
     ("engine.eval",),
     ("engine.export",),
-    ("engine.train", "engine.toy", "engine.eval.__main__", "engine.sample", "engine.export.__main__"),
+    ("engine.train", "engine.toy", "engine.study", "engine.eval.__main__", "engine.sample", "engine.export.__main__"),
 )
 
 

@@ -22,8 +22,9 @@ __all__ = ["ToyConfig", "ToyModel", "exact_posterior", "fast_config", "likelihoo
 class ToyConfig:
     """Spec §9 values by default; ``fast_config()`` shortens training for tests and CPU smoke runs."""
 
-    seed: int = 0  # the problem (G, the fixed x, the references)
-    train_seed: int | None = None  # the amortizer's init and training draws; None = seed
+    setup: str = "engine"  # "engine" (this engine's toy) or "authors" (their toy_example.py; engine.eval.toy_authors)
+    seed: int = 0  # the problem (G, the fixed x, the references); with setup "authors" also Q's init and the draws
+    train_seed: int | None = None  # engine setup: the amortizer's init and training draws; None = seed
     obs_sigma: float = 0.25  # x = G(z) + N(0, σ²I), and the likelihood of the posterior
     # Training (spec §9)
     iterations: int = 3000
@@ -42,7 +43,7 @@ class ToyConfig:
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.5, 0.999)
     grad_clip: float = 100.0
-    ema_decay: float = 0.75  # much faster than the image runs' 0.995
+    ema_decay: float = 0.75  # weight of the old target: target ← d·target + (1 − d)·online (authors: d = 0.25)
     ema_every: int = 10
     lr_decay: float = 0.99  # as spec §3: ×0.99 every 1,000 iterations, floored
     lr_decay_every: int = 1000
@@ -54,7 +55,12 @@ class ToyConfig:
     gt_steps: int = 2000  # long-run Langevin ("1K-3K steps until convergence", paper App. E.1)
     short_steps: int = 50  # short-run Langevin baseline, from N(0, I)
     eval_step_size: float = 0.1
-    n_projections: int = 256  # sliced Wasserstein
+    n_projections: int = 1000  # sliced Wasserstein
+    grid_cells: int = 601  # exact posterior: cells per axis of the grid over [−6, 6]²
+    # Pooled evaluation (the authors' protocol): one sample per x over many x; 0 turns it off. With setup "authors"
+    # it must be a multiple of the batch size (their 10 × 500 x: ten noise draws of one set of 500 latents).
+    n_pooled_x: int = 5000
+    eval_every: int = 0  # pooled distances of the amortizer every this many iterations (0: at the end only)
     # Langevin convergence profile: one more set of chains from N(0, I), compared with the exact posterior and
     # with the long-run set after each of these step counts (those ≤ gt_steps are used; gt_steps is added).
     profile_steps: tuple[int, ...] = (0, 10, 25, 50, 100, 200, 500, 1000, 2000)
@@ -114,13 +120,22 @@ def posterior_langevin(g: nn.Module, x: Tensor, z: Tensor, n_steps: int, step_si
 class ToyModel(nn.Module):
     """Q for 2-D latents: x-embedding MLP (x → nemb) + null token + ``LatentUNet(nz=2)``.
 
+    ``x_encoder``: "engine" (Linear-SiLU-Linear) or "authors" (4 Linear layers 2→128→128→128→nemb with ReLU).
+
     Same interface as ``engine.models.Amortizer`` (``cond_embedding``, ``null_embedding``, ``forward``), so
     ``engine.learner.amortizer_sample`` / ``amortizer_loss`` drive it unchanged.
     """
 
-    def __init__(self, nemb: int = 128, ntemb: int = 128, nf: int = 4, x_dim: int = 2, nz: int = 2) -> None:
+    def __init__(self, nemb: int = 128, ntemb: int = 128, nf: int = 4, x_dim: int = 2, nz: int = 2,
+                 x_encoder: str = "engine") -> None:
         super().__init__()
-        self.x_embed = nn.Sequential(nn.Linear(x_dim, nemb), nn.SiLU(), nn.Linear(nemb, nemb))
+        if x_encoder == "engine":
+            self.x_embed = nn.Sequential(nn.Linear(x_dim, nemb), nn.SiLU(), nn.Linear(nemb, nemb))
+        elif x_encoder == "authors":  # their _netQ_U_toy.encoder (diffusion_net.py:166-174)
+            self.x_embed = nn.Sequential(nn.Linear(x_dim, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                                         nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, nemb))
+        else:
+            raise ValueError(f"x_encoder = {x_encoder!r}: must be 'engine' or 'authors'")
         self.null_token = NullToken(nz, nemb)
         self.unet = LatentUNet(nz, nemb, ntemb, nf)
 
@@ -135,23 +150,29 @@ class ToyModel(nn.Module):
 
 
 def exact_posterior(g: nn.Module, x: Tensor, n: int, sigma: float, generator: torch.Generator,
-                    half_width: float = 6.0, cells: int = 601) -> Tensor:
+                    half_width: float = 6.0, cells: int = 601, chunk: int = 16) -> Tensor:
     """n exact samples (K, n, 2) of p(z|x_k) ∝ N(x_k; G(z), σ²I)·N(z; 0, I) for each row of x (K, 2).
 
     The latent is 2-D, so the posterior can be tabulated: log-density on a cells × cells grid over
-    [−w, w]² (the N(0, I) prior puts < e^{-18} of its mass outside w = 6), multinomial draws of cells, uniform
-    jitter within the cell. Unlike Langevin it weighs separated modes correctly however far apart they are.
+    [−w, w]² (the N(0, I) prior puts < e^{-18} of its mass outside w = 6), cells drawn by inverse CDF (one
+    uniform per sample), uniform jitter within the cell. Unlike Langevin it weighs separated modes correctly
+    however far apart they are. ``chunk`` rows of x share one (chunk, cells²) float64 table.
     """
     u = torch.linspace(-half_width, half_width, cells, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(u, u, indexing="xy"), dim=-1).reshape(-1, 2)
     with torch.no_grad():
         gz = torch.cat([g(c.float()) for c in grid.split(65536)]).double()  # (cells², 2)
     log_prior = -0.5 * grid.pow(2).sum(dim=1)
+    gz2 = gz.pow(2).sum(dim=1)
     cell = 2 * half_width / (cells - 1)
     out = []
-    for xk in x.double():
-        logp = -(gz - xk).pow(2).sum(dim=1) / (2 * sigma * sigma) + log_prior
-        idx = torch.multinomial(torch.softmax(logp, dim=0), n, replacement=True, generator=generator)
-        jitter = (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5) * cell
+    for xc in x.double().split(chunk):
+        # ‖x − G(z)‖² = ‖x‖² − 2 x·G(z) + ‖G(z)‖²; (c, cells²)
+        d2 = xc.pow(2).sum(dim=1, keepdim=True) - 2 * xc @ gz.T + gz2
+        cdf = torch.softmax(-d2 / (2 * sigma * sigma) + log_prior, dim=1).cumsum_(dim=1)
+        cdf /= cdf[:, -1:].clone()
+        r = torch.rand(xc.shape[0], n, generator=generator, dtype=torch.float64)
+        idx = torch.searchsorted(cdf, r).clamp_(max=grid.shape[0] - 1)  # (c, n)
+        jitter = (torch.rand(xc.shape[0], n, 2, generator=generator, dtype=torch.float64) - 0.5) * cell
         out.append((grid[idx] + jitter).float())
-    return torch.stack(out)
+    return torch.cat(out)

@@ -1,0 +1,6 @@
+"""``python -m engine.study``: the fidelity studies (DAMC vs short-run LEBM); see :mod:`engine.eval.study`."""
+
+from engine.eval.study import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
