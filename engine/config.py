@@ -224,8 +224,10 @@ class PerfConfig:
     hoist_sampler: Switch = _opt("auto", "the U-Net's z-independent context for all 100 steps at once, merged GEMMs")
     amp_unet: Switch = _opt("auto", "with amp: the U-Net in bf16 too (off: fp32, TF32 if on); the encoder follows "
                             "amp")
-    side_streams: Switch = _opt("off", "in the iteration graph: prior chain beside the posterior, Q beside G and E")
-    g_gemm_first: Switch = _opt("off", "G's first ConvTranspose2d (1x1 input) as one GEMM")
+    side_streams: Switch = _opt("auto", "in the iteration graph: prior chain beside the posterior, Q beside G and E "
+                                "(on under fast: with g_gemm_first, 86.5 -> 55.5 ms per iteration on an H200)")
+    g_gemm_first: Switch = _opt("auto", "G's first ConvTranspose2d (1x1 input) as one GEMM (on under fast: the "
+                                "posterior chain 65.8 -> 37.7 ms on an H200)")
     g_last: Literal["convt", "convt_pad", "conv_pad"] = _opt(
         "convt", "G's 3-channel last layer: as written, or its channels padded to 8")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = _opt("default", "torch.compile mode")

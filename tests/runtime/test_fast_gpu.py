@@ -116,7 +116,7 @@ def test_iteration_graph_matches_per_loop_graphs() -> None:
 
 
 def test_side_streams_match_one_stream() -> None:
-    a, b = make('perf.side_streams="on"'), make()
+    a, b = make('perf.side_streams="on"'), make('perf.side_streams="off"')
     oa, ob = run(a, 0, 3), run(b, 0, 3)
     for k in oa:
         torch.testing.assert_close(oa[k], ob[k], rtol=1e-4, atol=1e-5, msg=k)
