@@ -173,11 +173,12 @@ def test_a_rank_that_dies_ends_the_job_with_an_error(tmp_path: Path) -> None:
 
 def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    n = 80
+    n = 150  # long enough that the kill below lands mid-run on a fast machine
     proc = torchrun([QUICK, *TINY, f"log.run_dir={run}", f"train.iterations={n}", "log.checkpoint_every=10"],
                     extra=["--max-restarts=1"])
     wait_for(lambda: len(list(run.glob("ckpt-*.pt"))) >= 1 and len(metrics(run)) >= 15, 90, "a checkpoint")
     first = workers(proc)
+    assert 1 in first, f"rank 1 not found (finished already?): {first}"
     os.kill(first[1], signal.SIGKILL)
     rc, out = finish(proc, timeout=180)
     assert rc == 0, out[-3000:]
