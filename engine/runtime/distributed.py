@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.distributed_c10d import PrefixStore, Store
+from torch.distributed.rendezvous import rendezvous
 
 from engine.errors import EXIT_STOPPED, UserError
 
@@ -86,6 +88,19 @@ def from_env(env: Mapping[str, str] | None = None) -> Launch:
         raise DistributedError(f"distributed launch: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}: need "
                                "0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
     return Launch(rank, world, local, launched=True)
+
+
+def _attempt_store(launch: Launch, timeout: datetime.timedelta) -> Store:
+    """torchrun's store (``env://``: MASTER_ADDR / MASTER_PORT), keyed by the restart attempt.
+
+    With ``--max-restarts`` torchrun's agent restarts the workers against the same store, where the process group's
+    keys of the failed attempt (every rank's gloo address) are still present: a restarted rank could read a dead
+    peer's address and fail with "Connection refused" (seen here in about half of the restarts). A prefix per
+    attempt (``TORCHELASTIC_RESTART_COUNT``) gives every attempt fresh keys.
+    """
+    store, _, _ = next(rendezvous("env://", rank=launch.rank, world_size=launch.world_size, timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return PrefixStore(f"damc/attempt-{attempt}", store)
 
 
 class Distributed:
@@ -150,7 +165,8 @@ class Distributed:
         timeout = datetime.timedelta(seconds=timeout_s)
         try:
             if not dist.is_initialized():
-                dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout,
+                dist.init_process_group(backend, store=_attempt_store(launch, timeout), rank=launch.rank,
+                                        world_size=launch.world_size, timeout=timeout,
                                         device_id=device if cuda else None)
             # Host-side decisions (signals, divergence, save failures) on their own CPU group: deciding never
             # waits on queued GPU work.
