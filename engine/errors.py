@@ -19,8 +19,10 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+_STARTUP_INTERRUPT = "interrupted (Ctrl-C) during start-up; no checkpoint, metrics or results were written"
+
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_STOPPED", "OneLineParser", "UserError", "describe_os_error",
-           "one_line", "run_cli"]
+           "entry_point", "one_line", "run_cli"]
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 1
@@ -73,7 +75,7 @@ def run_cli(body: Callable[[], int], *, expected: tuple[type[BaseException], ...
         _error(str(exc))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # the training loop handles its own; this is start-up (loading, checking)
-        _error("interrupted (Ctrl-C) during start-up; no checkpoint, metrics or results were written")
+        _error(_STARTUP_INTERRUPT)
         return EXIT_INTERRUPTED
     except OSError as exc:
         _error(describe_os_error(exc))
@@ -96,3 +98,24 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         _error(f"{message} (see {self.prog} --help)")
         raise SystemExit(EXIT_BAD_INPUT)
+
+
+def entry_point(load_main: Callable[[], Callable[[], int]]) -> NoReturn:
+    """A ``python -m`` entry: import the command (``load_main``, which imports torch), run it, exit with its status.
+
+    A Ctrl-C while torch is being imported is one line too. Status 130 leaves through ``os._exit``: a Ctrl-C that
+    landed inside an exec() (dataclass creation during a lazy torch import) sets CPython's "unhandled
+    KeyboardInterrupt" flag even though it was handled, and the interpreter would then end by re-raising SIGINT at
+    exit; the status and the one line already printed are what the user gets instead.
+    """
+    try:
+        main = load_main()
+    except KeyboardInterrupt:
+        _error(_STARTUP_INTERRUPT)
+        os._exit(EXIT_INTERRUPTED)
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
