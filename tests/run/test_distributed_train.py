@@ -20,14 +20,13 @@ import torch
 from engine.config import ConfigError, load_config
 from engine.run import ranks
 from engine.run.train import main
+from tests.run.test_resume import TINY as RESUME_TINY
+from tests.run.test_resume import assert_bitwise_equal
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
-TINY = ["model.ngf=8", "model.nif=8", "model.nemb=32", "model.nz=8", "diffusion.n_steps=8",
-        "langevin.posterior.n_steps=4", "langevin.prior.n_steps=4", "diffusion.updates_per_iter=2",
-        "diffusion.ema_every=2", "optim.lr_decay_every=3", "train.batch_size=16", "eval.n_samples=8",
-        "eval.lebm_steps=2", "log.sample_every=1000", "log.log_every=1", "log.progress=false", "system.device=cpu",
-        "system.threads=1", "system.dist_timeout_s=30"]
+# The resume tests' tiny digits config, on CPU processes with a short collective timeout.
+TINY = [*RESUME_TINY, "system.device=cpu", "system.threads=1", "system.dist_timeout_s=30"]
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 
@@ -95,8 +94,6 @@ def load(path: Path) -> dict[str, object]:
 
 
 def test_two_ranks_resume_bitwise_and_only_rank_0_writes(tmp_path: Path) -> None:
-    from tests.run.test_resume import assert_bitwise_equal
-
     n = 6
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [QUICK, *TINY, "log.checkpoint_every=3"]
