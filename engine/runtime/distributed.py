@@ -36,9 +36,9 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.distributed_c10d import PrefixStore, Store
 from torch.distributed.rendezvous import rendezvous
 
-from engine.errors import EXIT_STOPPED, UserError
+from engine.errors import EXIT_BAD_INPUT, EXIT_STOPPED, UserError
 
-__all__ = ["Distributed", "DistributedError", "from_env", "rank_seed"]
+__all__ = ["Distributed", "DistributedError", "LaunchError", "from_env", "rank_seed"]
 
 # torchrun sets these (torch.distributed.run); RANK without WORLD_SIZE is a broken environment.
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -49,6 +49,12 @@ class DistributedError(UserError, RuntimeError):
     the message is one line, the exit status 1."""
 
     exit_code = EXIT_STOPPED
+
+
+class LaunchError(DistributedError):
+    """torchrun's variables are inconsistent: bad input, nothing was started or written (exit status 2)."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -77,15 +83,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Launch:
         return Launch()
     if len(present) != len(_ENV):
         missing = ", ".join(k for k in _ENV if k not in env)
-        raise DistributedError(f"distributed launch: {', '.join(present)} set but {missing} missing; start with "
+        raise LaunchError(f"distributed launch: {', '.join(present)} set but {missing} missing; start with "
                                "torchrun --nproc_per_node=N -m engine.train ...")
     try:
         rank, world, local = (int(env[k]) for k in _ENV)
     except ValueError:
-        raise DistributedError("distributed launch: RANK, WORLD_SIZE and LOCAL_RANK must be integers, got "
+        raise LaunchError("distributed launch: RANK, WORLD_SIZE and LOCAL_RANK must be integers, got "
                                + ", ".join(f"{k}={env[k]!r}" for k in _ENV)) from None
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise DistributedError(f"distributed launch: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}: need "
+        raise LaunchError(f"distributed launch: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}: need "
                                "0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
     return Launch(rank, world, local, launched=True)
 

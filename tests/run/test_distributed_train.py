@@ -210,3 +210,27 @@ def test_a_checkpoint_resumes_only_on_its_world_size(tmp_path: Path) -> None:
     with pytest.raises(checkpoint.CheckpointError, match="written by 1 process.*this job has 4.*python -m engine"):
         checkpoint.check_world({}, 4, tmp_path / "ckpt-0000001.pt")
     checkpoint.check_world({}, 1, tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("damage", ["world_size_text", "world_size_zero", "rank_rngs_missing", "rank_rng_garbage"])
+def test_a_damaged_multi_rank_checkpoint_is_one_line(tmp_path: Path, damage: str) -> None:
+    from engine.run import checkpoint
+
+    run = tmp_path / "run"
+    assert main([QUICK, *TINY, f"log.run_dir={run}", "train.iterations=2"]) == 0
+    path = run / "ckpt-0000002.pt"
+    state = torch.load(path, weights_only=True)
+    state["world_size"], state["rank_rngs"] = 2, [{"rng": state["rng"], "cpu_rng": state["cpu_rng"]}]
+    checkpoint.check_state(state, path)  # the undamaged 2-rank layout passes
+    if damage == "world_size_text":
+        state["world_size"] = "2"
+    elif damage == "world_size_zero":
+        state["world_size"] = 0
+    elif damage == "rank_rngs_missing":
+        del state["rank_rngs"]
+    else:
+        state["rank_rngs"][0]["rng"] = torch.zeros(3, dtype=torch.uint8)
+    with pytest.raises(checkpoint.CheckpointError) as ei:
+        checkpoint.check_state(state, path)
+    assert "\n" not in str(ei.value) and str(path) in str(ei.value)
+

@@ -88,6 +88,7 @@ def test_broken_torchrun_environment_is_one_line(env: dict[str, str]) -> None:
     with pytest.raises(DistributedError) as ei:
         from_env(env)
     assert "\n" not in str(ei.value) and "RANK" in str(ei.value)
+    assert ei.value.exit_code == 2  # bad input: nothing started, nothing written
 
 
 def test_rank_seeds() -> None:
