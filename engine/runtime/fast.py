@@ -245,7 +245,10 @@ class FastChains:
             for k, (shape, dtype) in shapes.items():
                 if k not in bufs and k not in outputs:
                     bufs[k] = torch.empty(shape, dtype=dtype, device=self.device)
-            with frozen(*freeze) if inside else contextlib.nullcontext():
+            # Frozen as in a capture: a chain needs ∂/∂z only. With G's and E's weights still requiring grad, the
+            # compiled energy's backward (AOTAutograd: every differentiable input) also computed their gradients,
+            # and on CUDA hit an Inductor stride assertion in convolution_backward (bench.profile, H200).
+            with frozen(*freeze):
                 body(bufs, rng)
             return {k: bufs[k] for k in outputs}
         assert self._proxy is not None

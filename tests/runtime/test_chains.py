@@ -234,3 +234,22 @@ def test_fast_iteration_with_the_cpu_capable_rewrites() -> None:
         out = [train_step(learner, x) for _ in range(2)][-1]
         outs.append(torch.stack([out[k] for k in sorted(out)]))
     assert torch.isfinite(outs[0]).all() and torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("plan", [PerfPlan(), PerfPlan(compile=True)], ids=["eager", "compiled"])
+def test_uncaptured_chains_run_with_the_weights_frozen(plan: PerfPlan) -> None:
+    """Without CUDA graphs the chains still keep G's and E's weights out of autograd (as a capture does): a chain
+    needs ∂/∂z only, and a compiled energy's backward would otherwise compute every weight gradient too."""
+    learner = make()
+    i = fixed_inputs(learner)
+    seen: list[bool] = []
+    nets = learner.nets
+    hooks = [m.register_forward_pre_hook(lambda mod, _: seen.extend(p.requires_grad for p in mod.parameters()))
+             for m in (nets.generator, nets.energy)]
+    chains = FastChains(learner, plan)
+    chains.posterior(i["x"], i["z0"], noise=i["post_noise"])
+    chains.prior(i["z0"], noise=i["prior_noise"])
+    for h in hooks:
+        h.remove()
+    assert seen and not any(seen)
+    assert all(p.requires_grad for m in (nets.generator, nets.energy) for p in m.parameters())  # restored after
