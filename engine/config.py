@@ -228,6 +228,9 @@ class PerfConfig:
                                 "(on under fast: with g_gemm_first, 86.5 -> 55.5 ms per iteration on an H200)")
     g_gemm_first: Switch = _opt("auto", "G's first ConvTranspose2d (1x1 input) as one GEMM (on under fast: the "
                                 "posterior chain 65.8 -> 37.7 ms on an H200)")
+    sampler_kernel: Switch = _opt("auto", "with hoist_sampler: each U-Net block of a sampler step as one Triton "
+                                  "kernel (GEMM + epilogue; the last with the ancestral step); auto = off until a GPU "
+                                  "measurement (bench variant sampler_kernel) shows it pays")
     g_last: Literal["convt", "convt_pad", "conv_pad"] = _opt(
         "convt", "G's 3-channel last layer: as written, or its channels padded to 8")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = _opt("default", "torch.compile mode")

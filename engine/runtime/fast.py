@@ -40,7 +40,7 @@ from engine.runtime.convt import LastLayer, generator_forward
 from engine.runtime.graphs import CapturedGraph, GeneratorProxy, Restorable, frozen
 from engine.runtime.iteration import IterationGraphs, SideStreams
 from engine.runtime.perf import PerfPlan
-from engine.runtime.sampler import draw_context, pack_unet, unet_trunk
+from engine.runtime.sampler import draw_context, fused_unet_step, pack_unet, unet_trunk
 from engine.runtime.updates import (
     StateSnapshot,
     UpdateNoise,
@@ -164,6 +164,7 @@ class FastChains:
         self._denoise = self._maybe_compile(self._denoise_fn)
         self._q_loss = self._maybe_compile(self._q_loss_fn)
         self._trunk = self._maybe_compile(unet_trunk)
+        self._fused_step = self._maybe_compile(fused_unet_step)
 
     # -- building blocks ----------------------------------------------------------------------------------
 
@@ -402,6 +403,10 @@ class FastChains:
         coeffs, ks = self._sampler_step.tables(table)
         gates, biases = [g for g, _ in ctx], [b for _, b in ctx]
         for k in range(table.n_steps):
+            if self.plan.sampler_kernel:  # one kernel per block (kernels/squash_block.py)
+                z = self._fused_step(z, ks[k], packed.fourier_b, packed.w_ls, packed.b_ls, gates, biases, coeffs,
+                                     noise[k], packed.residual)
+                continue
             y = self._trunk(z, ks[k], packed.fourier_b, packed.w_ls, packed.b_ls, gates[:6], biases[:6])
             z = self._epilogue(z, y, gates[6][k], biases[6][k], coeffs, ks[k], noise[k], packed.residual)
         return z

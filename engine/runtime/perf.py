@@ -20,7 +20,7 @@ from engine.config import PerfConfig
 from kernels import triton_available  # asks importlib only; never imports triton
 
 SWITCHES = ("graphs", "compile", "amp", "kernels", "channels_last", "tf32", "cudnn_benchmark", "iteration_graph",
-            "fused_optim", "hoist_sampler", "amp_unet", "side_streams", "g_gemm_first")
+            "fused_optim", "hoist_sampler", "amp_unet", "side_streams", "g_gemm_first", "sampler_kernel")
 _CUDA_ONLY = {
     "graphs": "CUDA graphs",
     "amp": "bf16 autocast",
@@ -38,6 +38,9 @@ _CPU_AUTO_OFF = {
     "hoist_sampler": "the hoisted sampler",
     "g_gemm_first": "G's first layer as a GEMM",
 }
+# Written but not yet measured on a GPU: ``auto`` leaves them off under both presets until a benchmark variant shows
+# they pay (bench/phases.py VARIANTS); ``on`` runs them anywhere (their references on a CPU).
+_UNMEASURED = ("sampler_kernel",)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class PerfPlan:
     amp_unet: bool = False  # meaningful only with amp
     side_streams: bool = False
     g_gemm_first: bool = False
+    sampler_kernel: bool = False
     g_last: str = "convt"
     compile_mode: str = "default"
     cudnn_benchmark_limit: int = 10
@@ -87,7 +91,8 @@ def resolve(cfg: PerfConfig, device: torch.device, world_size: int = 1) -> tuple
     and the amortizer updates run eagerly; engine/runtime/fast.py).
     """
     fast = cfg.preset == "fast"
-    want: dict[str, bool] = {name: getattr(cfg, name) == "on" or (getattr(cfg, name) == "auto" and fast)
+    want: dict[str, bool] = {name: getattr(cfg, name) == "on" or (getattr(cfg, name) == "auto" and fast
+                                                                  and name not in _UNMEASURED)
                              for name in SWITCHES}
     dropped: list[str] = []
     cuda = device.type == "cuda"
@@ -107,11 +112,12 @@ def resolve(cfg: PerfConfig, device: torch.device, world_size: int = 1) -> tuple
                 want[name] = False
                 dropped.append(f"{label} (triton not installed)")
     # What the whole-iteration graph needs: every loop capturable, and optimizers whose step can be replayed.
-    for name, needs in (("iteration_graph", ("graphs", "fused_optim")), ("side_streams", ("iteration_graph",))):
+    for name, needs in (("iteration_graph", ("graphs", "fused_optim")), ("side_streams", ("iteration_graph",)),
+                        ("sampler_kernel", ("hoist_sampler",))):
         missing = [n for n in needs if not want[n]]
         if want[name] and missing:
             want[name] = False
-            if cuda:
+            if cuda or name == "sampler_kernel":
                 dropped.append(f"{name} (needs {' and '.join(missing)})")
     if world_size > 1 and want["iteration_graph"]:
         want["iteration_graph"] = want["side_streams"] = False

@@ -240,6 +240,7 @@ def test_fast_iteration_with_the_cpu_capable_rewrites() -> None:
 def test_uncaptured_chains_run_with_the_weights_frozen(plan: PerfPlan) -> None:
     """Without CUDA graphs the chains still keep G's and E's weights out of autograd (as a capture does): a chain
     needs ∂/∂z only, and a compiled energy's backward would otherwise compute every weight gradient too."""
+    torch._dynamo.reset()  # compiled: the hook runs while Dynamo traces, so trace afresh
     learner = make()
     i = fixed_inputs(learner)
     seen: list[bool] = []
@@ -253,3 +254,16 @@ def test_uncaptured_chains_run_with_the_weights_frozen(plan: PerfPlan) -> None:
         h.remove()
     assert seen and not any(seen)
     assert all(p.requires_grad for m in (nets.generator, nets.energy) for p in m.parameters())  # restored after
+
+
+def test_unmeasured_switches_stay_off_under_auto() -> None:
+    """Written without a GPU: ``auto`` leaves them off under fast until a bench variant decides; ``on`` runs them,
+    and sampler_kernel without the hoisted sampler is dropped with one note."""
+    cuda = torch.device("cuda")
+    assert not resolve(PerfConfig(preset="fast"), cuda)[0].sampler_kernel
+    plan, _ = resolve(PerfConfig(preset="fast", sampler_kernel="on"), cuda)
+    assert plan.sampler_kernel and "sampler_kernel" in plan.describe()
+    plan, note = resolve(PerfConfig(preset="fast", sampler_kernel="on", hoist_sampler="off"), cuda)
+    assert not plan.sampler_kernel and note is not None and "sampler_kernel (needs hoist_sampler)" in note
+    plan, _ = resolve(PerfConfig(sampler_kernel="on", hoist_sampler="on"), torch.device("cpu"))
+    assert plan.sampler_kernel  # the ops' references on a CPU

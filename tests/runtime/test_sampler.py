@@ -124,3 +124,53 @@ def test_compiled_hoisted_sampler_compiles_once_for_all_steps() -> None:
         got = chains.cond_draw(net, x, noise=noise, z_init=z_t)
     torch._dynamo.reset()
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_sampler_kernel_switch_is_the_same_sampler(compiled: bool) -> None:
+    """``perf.sampler_kernel`` moves each block into kernels.squash_block's ops; with their references (CPU) the
+    draw is the hoisted sampler's, bitwise (eager), for the conditional and the unconditional draw and with G."""
+    cfg = load_config("configs/quickstart.yaml", [*TINY, "diffusion.n_steps=12"])
+    system.seed_init(0)
+    learner = build_learner(cfg, torch.device("cpu"), system.make_generator(torch.device("cpu"), 0))
+    net = learner.nets.amortizer
+    g = torch.Generator().manual_seed(2)
+    x, z_t, xi = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1, torch.randn(6, 4, generator=g), torch.randn(6, 4,
+                                                                                                         generator=g)
+    noise = torch.randn(11, 6, 4, generator=g)
+
+    def draws(plan: PerfPlan) -> list[torch.Tensor]:
+        chains = FastChains(learner, plan)
+        return [chains.cond_draw(net, x, noise=noise, z_init=z_t),
+                chains.prior_images(net, 6, torch.Generator(), noise=noise, z_init=z_t, xi=xi)]
+
+    want = draws(PerfPlan(hoist_sampler=True))
+    torch._dynamo.reset()
+    got = draws(PerfPlan(hoist_sampler=True, sampler_kernel=True, compile=compiled))
+    torch._dynamo.reset()
+    for a, b in zip(got, want, strict=True):
+        if compiled:  # Inductor's CPU code may fuse and reorder the fp32 arithmetic
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        else:
+            assert torch.equal(a, b)
+
+
+@torch.no_grad()
+def test_fused_step_equals_forward_and_the_step_for_every_lambda(net: Amortizer,
+                                                                case: tuple[torch.Tensor, ...]) -> None:
+    """The fused step at the paper's U-Net sizes against the module's forward and the reference step (fp32)."""
+    from engine.runtime.sampler import fused_unet_step
+    from kernels.ddpm_step import ddpm_step_ref, pack_sampler_table
+
+    lam, xemb, z = case
+    packed = pack_unet(net.unet, torch.float32)
+    ctx = draw_context(net.unet, lam, xemb, torch.float32)
+    table = pack_sampler_table(sampler_table(T))
+    noise = torch.randn(8, 128, generator=torch.Generator().manual_seed(3))
+    for k in (0, 37, T - 1):
+        kt = torch.tensor(k)
+        want = ddpm_step_ref(z, net.unet(z, lam[k].expand(8), xemb), table, kt, noise)
+        got = fused_unet_step(z, kt, packed.fourier_b, packed.w_ls, packed.b_ls, [g for g, _ in ctx],
+                              [b for _, b in ctx], table, noise, packed.residual)
+        # ε̂ within 1e-6 (the packed fp32 test above), times the step's c_x0_eps·c_mean_x0 (≤ ~13)
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
