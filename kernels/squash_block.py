@@ -3,14 +3,17 @@
 The hoisted sampler (``engine/runtime/sampler.py``) leaves per step only the z path of the U-Net's seven blocks
 (spec §1.4). Each block is ``out = layer(a) ⊙ gate + bias + skip(a)`` on a = LReLU(cat[h1, h2]) (no activation before
 the first block, no h2 outside the decoder), with W = [W_layer; W_skip] stacked (2·out, K) and the context terms gate,
-bias precomputed for every step (T, B, out). Inductor runs each block as a cuBLAS GEMM plus one elementwise kernel
-(fused with the next block's LReLU and cat) and gathers step k's gate and bias: ~2 launches a block, ~16 a step.
+bias precomputed for every step (T, B, out). Inductor runs each block as a GEMM plus one elementwise kernel (fused
+with the next block's LReLU and cat, and step k's gate and bias gathers): with the Fourier features' GEMM, 8 GEMMs
+and 7 elementwise kernels a step (counted in Inductor's code for the trunk on a CPU), then the epilogue kernel: 16.
 This kernel is one launch a block: it reads a, applying the cat and LReLU on load, multiplies by both halves of W
 with fp32 accumulation, and finishes the block in registers, reading step k's gate and bias rows from device memory
 (one graph node shape for every step). The last block can also take the ancestral step (``kernels.ddpm_epilogue``'s
-formula), so a whole sampler step is the Fourier features plus seven launches.
+formula), and the first computes its own input, the Fourier features [sin(2π zB), cos(2π zB), z]: a whole sampler
+step is seven launches.
 
     squash_block(h1, h2, w, b, gate, bias, k, act) -> (B, out), in w's dtype
+    squash_block_fourier(z, fourier_b, w, b, gate, bias, k) -> (B, out): the first block, on its Fourier features
     squash_block_ddpm(h1, h2, w, b, gate, bias, k, act, z, table, noise, residual) -> z_s (B, nz) fp32
 
 Shapes: h1 (B, K1), h2 (B, K2) or None, K = K1 + K2; w (2·out, K), b (2·out,); gate, bias (T, B, out); k () int64;
@@ -21,6 +24,8 @@ keeps the GEMM's result in fp32 through the epilogue (one bf16 rounding fewer th
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +41,8 @@ try:
 except ImportError:  # CPU installs: the reference path only
     triton = tl = None
 
-__all__ = ["squash_block", "squash_block_ddpm", "squash_block_ddpm_ref", "squash_block_ref"]
+__all__ = ["fourier_input", "squash_block", "squash_block_ddpm", "squash_block_ddpm_ref", "squash_block_fourier",
+           "squash_block_fourier_ref", "squash_block_ref"]
 
 _LRELU = 0.01  # the U-Net's LeakyReLU slope (spec §1.4)
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -59,6 +65,19 @@ def squash_block_ref(h1: Tensor, h2: Tensor | None, w: Tensor, b: Tensor, gate: 
     return y[:, :n] * _context_row(gate, k) + _context_row(bias, k) + y[:, n:]
 
 
+def fourier_input(z: Tensor, fourier_b: Tensor, dtype: torch.dtype) -> Tensor:
+    """The first block's input [sin(2π zB), cos(2π zB), z] (B, 2·(nz//2) + nz) in ``dtype``; z (B, nz) and the
+    Fourier matrix B (nz, nz//2) in fp32 (the phases are O(10) rad: bf16 would put ~0.05 rad into each; spec §1.4)."""
+    zb = 2 * math.pi * (z.float() @ fourier_b)  # (B, nz//2)
+    return torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1).to(dtype)
+
+
+def squash_block_fourier_ref(z: Tensor, fourier_b: Tensor, w: Tensor, b: Tensor, gate: Tensor, bias: Tensor,
+                             k: Tensor) -> Tensor:
+    """The U-Net's first block on its Fourier features (no activation before it): (B, out) in w's dtype."""
+    return squash_block_ref(fourier_input(z, fourier_b, w.dtype), None, w, b, gate, bias, k, False)
+
+
 def squash_block_ddpm_ref(h1: Tensor, h2: Tensor | None, w: Tensor, b: Tensor, gate: Tensor, bias: Tensor,
                           k: Tensor, act: bool, z: Tensor, table: Tensor, noise: Tensor | None,
                           residual: bool) -> Tensor:
@@ -71,31 +90,49 @@ if triton is not None:
 
     @triton.jit
     def _squash_block_kernel(h1_ptr, h2_ptr, w_ptr, b_ptr, g_ptr, bb_ptr, k_ptr, out_ptr, z_ptr, table_ptr,
-                             noise_ptr, n_rows, k1, k2, n_out,
-                             ACT: tl.constexpr, TWO: tl.constexpr, DDPM: tl.constexpr, NOISE: tl.constexpr,
-                             RESIDUAL: tl.constexpr, IEEE: tl.constexpr,
+                             noise_ptr, n_rows, k1, k2, half, n_out,
+                             ACT: tl.constexpr, TWO: tl.constexpr, FOURIER: tl.constexpr, DDPM: tl.constexpr,
+                             NOISE: tl.constexpr, RESIDUAL: tl.constexpr, IEEE: tl.constexpr, NZP: tl.constexpr,
                              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # Program (i, j): rows i·BM.., output columns j·BN.. of the block; every operand contiguous.
+        # Program (i, j): rows i·BM.., output columns j·BN.. of the block; every operand contiguous. The input a
+        # (BM, K) is cat[h1, h2] (K = k1 + k2), or with FOURIER the first block's [sin(2π zB), cos(2π zB), z] for
+        # h1 = z (B, k1 = nz) fp32 and h2 = B (nz, half) fp32 (K = 2·half + nz).
         rm = tl.program_id(0) * BM + tl.arange(0, BM)
         rn = tl.program_id(1) * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
-        kk_total = k1 + k2
+        kk_total = k1 + k2 + 2 * half
         row_ok = rm < n_rows
         col_ok = rn < n_out
         acc_l = tl.zeros((BM, BN), dtype=tl.float32)  # layer(a)
         acc_s = tl.zeros((BM, BN), dtype=tl.float32)  # skip(a)
+        if FOURIER:
+            rz = tl.arange(0, NZP)
+            z_rows = tl.load(h1_ptr + rm[:, None] * k1 + rz[None, :], mask=row_ok[:, None] & (rz[None, :] < k1),
+                             other=0.0)  # (BM, NZP) fp32
         for k0 in range(0, kk_total, BK):
             kk = k0 + rk
-            # a = LReLU(cat[h1, h2]) for columns kk: h1's below k1, h2's above (both masked loads)
-            a = tl.load(h1_ptr + rm[:, None] * k1 + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < k1),
-                        other=0.0)
-            if TWO:
-                k_in2 = tl.maximum(kk - k1, 0)
-                a += tl.load(h2_ptr + rm[:, None] * k2 + k_in2[None, :],
-                             mask=row_ok[:, None] & (kk[None, :] >= k1) & (kk[None, :] < kk_total), other=0.0)
-            if ACT:
-                af = a.to(tl.float32)
-                a = tl.where(af > 0, af, af * 0.01).to(a.dtype)
+            if FOURIER:
+                # column c of zB feeds a's column c (sin) and half + c (cos); zB's phases are O(10) rad: fp32 IEEE
+                c = tl.minimum(tl.maximum(tl.where(kk < half, kk, kk - half), 0), half - 1)
+                fb = tl.load(h2_ptr + rz[:, None] * half + c[None, :],
+                             mask=(rz[:, None] < k1) & (kk[None, :] < 2 * half), other=0.0)  # (NZP, BK)
+                zb = tl.dot(z_rows, fb, input_precision="ieee") * 6.283185307179586
+                zi = tl.maximum(kk - 2 * half, 0)
+                zc = tl.load(h1_ptr + rm[:, None] * k1 + zi[None, :],
+                             mask=row_ok[:, None] & (kk[None, :] >= 2 * half) & (kk[None, :] < kk_total), other=0.0)
+                a = tl.where(kk[None, :] < half, tl.sin(zb), tl.where(kk[None, :] < 2 * half, tl.cos(zb), zc))
+                a = a.to(w_ptr.dtype.element_ty)
+            else:
+                # a = LReLU(cat[h1, h2]) for columns kk: h1's below k1, h2's above (both masked loads)
+                a = tl.load(h1_ptr + rm[:, None] * k1 + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < k1),
+                            other=0.0)
+                if TWO:
+                    k_in2 = tl.maximum(kk - k1, 0)
+                    a += tl.load(h2_ptr + rm[:, None] * k2 + k_in2[None, :],
+                                 mask=row_ok[:, None] & (kk[None, :] >= k1) & (kk[None, :] < kk_total), other=0.0)
+                if ACT:
+                    af = a.to(tl.float32)
+                    a = tl.where(af > 0, af, af * 0.01).to(a.dtype)
             w_mask = (kk[:, None] < kk_total) & col_ok[None, :]
             w_l = tl.load(w_ptr + rn[None, :] * kk_total + kk[:, None], mask=w_mask, other=0.0)  # (BK, BN)
             w_s = tl.load(w_ptr + (rn[None, :] + n_out) * kk_total + kk[:, None], mask=w_mask, other=0.0)
@@ -134,12 +171,22 @@ else:
 
 
 def _check(h1: Tensor, h2: Tensor | None, w: Tensor, b: Tensor, gate: Tensor, bias: Tensor, k: Tensor,
-           z: Tensor | None = None, table: Tensor | None = None, noise: Tensor | None = None) -> str | None:
-    """Raise on inconsistent shapes/devices; return why the kernel cannot take these inputs (None: it can)."""
-    if h1.dim() != 2 or (h2 is not None and (h2.dim() != 2 or h2.shape[0] != h1.shape[0])):
-        raise ValueError(f"squash_block: h1, h2 must be (B, K1), (B, K2); got {tuple(h1.shape)}, "
-                         f"{None if h2 is None else tuple(h2.shape)}")
-    rows, kk = h1.shape[0], h1.shape[1] + (0 if h2 is None else h2.shape[1])
+           z: Tensor | None = None, table: Tensor | None = None, noise: Tensor | None = None,
+           fourier: bool = False) -> str | None:
+    """Raise on inconsistent shapes/devices; return why the kernel cannot take these inputs (None: it can).
+    ``fourier``: h1 is z (B, nz) and h2 the Fourier matrix (nz, nz//2), both fp32; the block's input is
+    (B, 2·(nz//2) + nz)."""
+    if fourier:
+        if h1.dim() != 2 or h2 is None or h2.dim() != 2 or h2.shape[0] != h1.shape[1]:
+            raise ValueError(f"squash_block_fourier: z (B, nz) and fourier_b (nz, nz//2) expected; got "
+                             f"{tuple(h1.shape)}, {None if h2 is None else tuple(h2.shape)}")
+        kk = 2 * h2.shape[1] + h1.shape[1]
+    else:
+        if h1.dim() != 2 or (h2 is not None and (h2.dim() != 2 or h2.shape[0] != h1.shape[0])):
+            raise ValueError(f"squash_block: h1, h2 must be (B, K1), (B, K2); got {tuple(h1.shape)}, "
+                             f"{None if h2 is None else tuple(h2.shape)}")
+        kk = h1.shape[1] + (0 if h2 is None else h2.shape[1])
+    rows = h1.shape[0]
     if w.dim() != 2 or w.shape[1] != kk or w.shape[0] % 2:
         raise ValueError(f"squash_block: w must be (2·out, {kk}); got {tuple(w.shape)}")
     out = w.shape[0] // 2
@@ -158,8 +205,12 @@ def _check(h1: Tensor, h2: Tensor | None, w: Tensor, b: Tensor, gate: Tensor, bi
     operands = [t for t in (h1, h2, w, b, gate, bias, k, z, table, noise) if t is not None]
     if any(t.device != h1.device for t in operands):
         raise ValueError("squash_block: every operand must be on one device")
-    if w.dtype not in _DTYPES or any(t.dtype != w.dtype for t in (h1, b, *(() if h2 is None else (h2,)))):
-        return "squash_block: h1, h2, w and b must share one dtype, float32 or bfloat16"
+    inputs = (h1, *(() if h2 is None else (h2,)))
+    if w.dtype not in _DTYPES or b.dtype != w.dtype:
+        return "squash_block: w and b must share one dtype, float32 or bfloat16"
+    if any(t.dtype != (torch.float32 if fourier else w.dtype) for t in inputs):
+        return ("squash_block_fourier: z and the Fourier matrix stay float32" if fourier else
+                "squash_block: h1, h2 must have w's dtype")
     if gate.dtype not in _DTYPES or bias.dtype not in _DTYPES:
         return "squash_block: gate and bias must be float32 or bfloat16"
     if any(t.dtype != torch.float32 for t in (z, table, noise) if t is not None):
@@ -173,7 +224,8 @@ def _check(h1: Tensor, h2: Tensor | None, w: Tensor, b: Tensor, gate: Tensor, bi
 
 def _launch(h1: Tensor, h2: Tensor | None, w: Tensor, b: Tensor, gate: Tensor, bias: Tensor, k: Tensor, act: bool,
             z: Tensor | None = None, table: Tensor | None = None, noise: Tensor | None = None,
-            residual: bool = True) -> Tensor:
+            residual: bool = True, fourier: bool = False) -> Tensor:
+    """fourier: h1 is z (B, nz) fp32 and h2 the Fourier matrix (nz, nz//2) fp32 (the first block)."""
     rows, n_out = h1.shape[0], w.shape[0] // 2
     ddpm = z is not None
     out = torch.empty(rows, n_out, dtype=torch.float32 if ddpm else w.dtype, device=h1.device)
@@ -187,9 +239,10 @@ def _launch(h1: Tensor, h2: Tensor | None, w: Tensor, b: Tensor, gate: Tensor, b
     wrap_triton(_squash_block_kernel)[grid](
         h1, h2 if h2 is not None else h1, w, b, gate, bias, k, out, z if ddpm else out,
         table if table is not None else b, noise if noise is not None else out, rows, h1.shape[1],
-        0 if h2 is None else h2.shape[1], n_out,
-        ACT=act, TWO=h2 is not None, DDPM=ddpm, NOISE=noise is not None, RESIDUAL=residual,
-        IEEE=w.dtype == torch.float32, BM=bm, BN=bn, BK=bk,
+        0 if h2 is None or fourier else h2.shape[1], h2.shape[1] if fourier and h2 is not None else 0, n_out,
+        ACT=act, TWO=h2 is not None and not fourier, FOURIER=fourier, DDPM=ddpm, NOISE=noise is not None,
+        RESIDUAL=residual, IEEE=w.dtype == torch.float32, NZP=max(16, triton.next_power_of_2(h1.shape[1])),
+        BM=bm, BN=bn, BK=bk,
     )
     return out
 
@@ -212,3 +265,11 @@ with quiet_triton_op_registration():
         if use_triton(h1, _check(h1, h2, w, b, gate, bias, k, z, table, noise)):
             return _launch(h1, h2, w, b, gate, bias, k, act, z, table, noise, residual)
         return squash_block_ddpm_ref(h1, h2, w, b, gate, bias, k, act, z, table, noise, residual)
+
+    @triton_op("damc::squash_block_fourier", mutates_args=())
+    def squash_block_fourier(z: Tensor, fourier_b: Tensor, w: Tensor, b: Tensor, gate: Tensor, bias: Tensor,
+                             k: Tensor) -> Tensor:
+        """Public op: the first block with its Fourier features computed in the kernel (see the module docstring)."""
+        if use_triton(z, _check(z, fourier_b, w, b, gate, bias, k, fourier=True)):
+            return _launch(z, fourier_b, w, b, gate, bias, k, False, fourier=True)
+        return squash_block_fourier_ref(z, fourier_b, w, b, gate, bias, k)

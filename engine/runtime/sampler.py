@@ -14,7 +14,8 @@ depends on z. Per draw (B rows, T steps) this module therefore:
 * leaves per step only the z path (:func:`unet_trunk`): Fourier features (fp32), then per block one GEMM and an
   elementwise epilogue; the last block's epilogue, the residual ε̂ = z + h and the ancestral step are one fused
   kernel (:mod:`kernels.ddpm_epilogue`). With ``perf.sampler_kernel``, :func:`fused_unet_step` runs each block,
-  GEMM and epilogue, as one kernel (:mod:`kernels.squash_block`), the last one with the step.
+  GEMM and epilogue, as one kernel (:mod:`kernels.squash_block`), the first with its Fourier features, the last
+  with the step: seven launches a step instead of sixteen.
 
 With ``dtype = float32`` every number equals forward's up to the summation order of the split ctx_proj GEMM
 (tests: within 1e-6 for all 100 λ); with bfloat16 the GEMMs run in bf16 as autocast would run them.
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from engine.models.amortizer import LatentUNet
 
-__all__ = ["Context", "PackedUNet", "draw_context", "fused_unet_step", "fourier_features", "pack_unet", "unet_trunk"]
+__all__ = ["Context", "PackedUNet", "draw_context", "fused_unet_step", "pack_unet", "unet_trunk"]
 
 _LRELU = 0.01  # LeakyReLU slope between the U-Net's blocks (spec §1.4)
 
@@ -84,12 +85,6 @@ def draw_context(unet: LatentUNet, logsnr: Tensor, xemb: Tensor, dtype: torch.dt
     return out
 
 
-def fourier_features(z: Tensor, fourier_b: Tensor, dtype: torch.dtype) -> Tensor:
-    """The first block's input [sin(2π zB), cos(2π zB), z] (B, 2·(nz//2) + nz) in ``dtype``; z (B, nz) fp32."""
-    zb = 2 * math.pi * (z.float() @ fourier_b)  # (B, nz//2): phases O(10) rad, fp32 (spec §1.4 note)
-    return torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1).to(dtype)
-
-
 def unet_trunk(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], b_ls: Sequence[Tensor],
                gates: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
     """One step up to the last block's merged GEMM: z (B, nz) fp32, the step k () int64, a :class:`PackedUNet`'s
@@ -99,7 +94,8 @@ def unet_trunk(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], 
     row = k.reshape(1)
     g = [t.index_select(0, row)[0] for t in gates]  # (B, out) each
     bb = [t.index_select(0, row)[0] for t in biases]
-    h = fourier_features(z, fourier_b, w_ls[0].dtype)
+    zb = 2 * math.pi * (z.float() @ fourier_b)  # (B, nz//2): phases O(10) rad, fp32 (spec §1.4 note)
+    h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1).to(w_ls[0].dtype)
 
     def block(i: int, hh: Tensor) -> Tensor:
         y = F.linear(hh, w_ls[i], b_ls[i])  # (B, 2·out)
@@ -130,12 +126,13 @@ def fused_unet_step(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tens
     ops' references (CPU, or the torch kernel backend) the two are the same operations, bitwise.
     """
     # Imported here: registering the ops imports Triton's compiler stack, which the reference path never needs.
-    from kernels.squash_block import squash_block, squash_block_ddpm
+    from kernels.squash_block import squash_block, squash_block_ddpm, squash_block_fourier
 
     def block(i: int, h1: Tensor, h2: Tensor | None, act: bool) -> Tensor:
         return squash_block(h1, h2, w_ls[i], b_ls[i], gates[i], biases[i], k, act)
 
-    e1 = block(0, fourier_features(z, fourier_b, w_ls[0].dtype), None, False)  # enc: no LReLU before the first
+    # enc: the first block computes its Fourier-feature input itself (no LReLU before it)
+    e1 = squash_block_fourier(z, fourier_b, w_ls[0], b_ls[0], gates[0], biases[0], k)
     e2 = block(1, e1, None, True)
     e3 = block(2, e2, None, True)
     mid = block(3, e3, None, True)

@@ -14,7 +14,15 @@ from kernel_support import DEVICE
 from engine.sampling.diffusion import sampler_table
 from kernels.ddpm_epilogue import ddpm_epilogue_ref
 from kernels.ddpm_step import pack_sampler_table
-from kernels.squash_block import squash_block, squash_block_ddpm, squash_block_ddpm_ref, squash_block_ref
+from kernels.squash_block import (
+    fourier_input,
+    squash_block,
+    squash_block_ddpm,
+    squash_block_ddpm_ref,
+    squash_block_fourier,
+    squash_block_fourier_ref,
+    squash_block_ref,
+)
 
 T = 100
 # (K1, K2, out, act): the U-Net's blocks at nz 128, nf 4 (enc ×3, mid, dec ×3), and small odd tails.
@@ -90,6 +98,24 @@ def test_last_block_with_the_step_matches_reference(triton_backend: None, table:
                                        atol=_tol(o) * float(1 + c[2] * c[4]) + 1e-5)
 
 
+@pytest.mark.parametrize(("nz", "out"), [(128, 128), (8, 32), (5, 3)])
+@pytest.mark.parametrize("rows", (7, 64))
+def test_first_block_with_its_fourier_features_matches_reference(triton_backend: None, rows: int, nz: int,
+                                                                 out: int) -> None:
+    g = torch.Generator().manual_seed(rows + nz)
+    z = torch.randn(rows, nz, generator=g).to(DEVICE)
+    fb = torch.randn(nz, nz // 2, generator=g).to(DEVICE)  # N(0, 1) as the module's: phases 2π·zB of O(10) rad
+    o = _operands(rows, 2 * (nz // 2) + nz, 0, out, seed=nz)
+    for k in (0, T - 1):
+        kt = torch.tensor(k, device=DEVICE)
+        args = (z, fb, o["w"], o["b"], o["gate"], o["bias"], kt)
+        want = squash_block_fourier_ref(*args)  # type: ignore[arg-type]
+        assert torch.equal(want, squash_block_ref(fourier_input(z, fb, torch.float32), None, o["w"], o["b"],  # type: ignore[arg-type]
+                                                  o["gate"], o["bias"], kt, False))
+        # zB summed in another order: ~1e-6 relative on O(10) rad phases moves sin/cos by ~1e-5
+        torch.testing.assert_close(squash_block_fourier(*args), want, rtol=0, atol=2e-4)  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16 arithmetic needs a GPU (the interpreter has none)")
 @pytest.mark.gpu
 def test_bf16_kernel_within_bf16_of_reference(triton_backend: None) -> None:
@@ -111,5 +137,8 @@ def test_bad_input_is_one_clear_error() -> None:
     with pytest.raises(ValueError, match=r"gate must be \(T, 4, 4\)"):
         squash_block(o["h1"], None, o["w"], o["b"], o["gate"][:, :3], o["bias"],  # type: ignore[arg-type, index]
                      torch.tensor(0, device=DEVICE), True)
+    with pytest.raises(ValueError, match=r"z \(B, nz\) and fourier_b \(nz, nz//2\) expected"):
+        squash_block_fourier(torch.zeros(4, 8, device=DEVICE), torch.zeros(6, 4, device=DEVICE), o["w"], o["b"],  # type: ignore[arg-type]
+                             o["gate"], o["bias"], torch.tensor(0, device=DEVICE))
     with pytest.raises(ValueError, match="k must be a one-element int64"):
         squash_block(o["h1"], None, o["w"], o["b"], o["gate"], o["bias"], torch.tensor(0.0), True)  # type: ignore[arg-type]
