@@ -358,6 +358,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("sampler_kernel", ('perf.sampler_kernel="on"',), ("sample_damc_prior", "damc_draw"),
             "each U-Net block of a sampler step as one Triton kernel (GEMM + epilogue, the last with the step): "
             "16 launches a step -> 7"),
+    Variant("combo_kernels", ('perf.combo_kernels="on"',), ("amortizer_updates", "train_iteration"),
+            "Inductor's horizontal fusion (combo kernels): the Q update's 188 bf16/fp32 casts (94 forward + 94 "
+            "backward in its AOT graph), mostly standalone tiny kernels, in fewer launches"),
     Variant("unet_fp32", ('perf.amp_unet="off"',), ("amortizer_updates", "damc_draw", "sample_damc_prior"),
             "U-Net in fp32/TF32 instead of bf16 (latency-bound: casts may cost more than bf16 saves)"),
     Variant("no_hoist", ('perf.hoist_sampler="off"',), ("damc_draw", "sample_damc_prior"),

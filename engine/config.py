@@ -231,6 +231,9 @@ class PerfConfig:
     sampler_kernel: Switch = _opt("auto", "with hoist_sampler: each U-Net block of a sampler step as one Triton "
                                   "kernel (GEMM + epilogue; the last with the ancestral step); auto = off until a GPU "
                                   "measurement (bench variant sampler_kernel) shows it pays")
+    combo_kernels: Switch = _opt("auto", "with compile: Inductor's horizontal fusion of independent kernels (e.g. the "
+                                 "bf16 weight casts of the amortizer updates); auto = off until a GPU measurement "
+                                 "(bench variant combo_kernels) shows it pays")
     g_last: Literal["convt", "convt_pad", "conv_pad"] = _opt(
         "convt", "G's 3-channel last layer: as written, or its channels padded to 8")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = _opt("default", "torch.compile mode")

@@ -182,7 +182,11 @@ class FastChains:
         if not self.plan.compile:
             return fn
         mode = None if self.plan.compile_mode == "default" else self.plan.compile_mode
-        return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+        if not self.plan.combo_kernels:
+            return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+        # torch.compile takes a mode or options, not both: the mode's options plus horizontal fusion
+        options = {**(torch._inductor.list_mode_options(mode) if mode else {}), "combo_kernels": True}
+        return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
     def generator(self, z: Tensor) -> Tensor:
         """G(z) with the plan's layer rewrites; the caller decides autocast (as for ``nets.generator``)."""

@@ -20,7 +20,8 @@ from engine.config import PerfConfig
 from kernels import triton_available  # asks importlib only; never imports triton
 
 SWITCHES = ("graphs", "compile", "amp", "kernels", "channels_last", "tf32", "cudnn_benchmark", "iteration_graph",
-            "fused_optim", "hoist_sampler", "amp_unet", "side_streams", "g_gemm_first", "sampler_kernel")
+            "fused_optim", "hoist_sampler", "amp_unet", "side_streams", "g_gemm_first", "sampler_kernel",
+            "combo_kernels")
 _CUDA_ONLY = {
     "graphs": "CUDA graphs",
     "amp": "bf16 autocast",
@@ -40,7 +41,7 @@ _CPU_AUTO_OFF = {
 }
 # Written but not yet measured on a GPU: ``auto`` leaves them off under both presets until a benchmark variant shows
 # they pay (bench/phases.py VARIANTS); ``on`` runs them anywhere (their references on a CPU).
-_UNMEASURED = ("sampler_kernel",)
+_UNMEASURED = ("sampler_kernel", "combo_kernels")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class PerfPlan:
     side_streams: bool = False
     g_gemm_first: bool = False
     sampler_kernel: bool = False
+    combo_kernels: bool = False
     g_last: str = "convt"
     compile_mode: str = "default"
     cudnn_benchmark_limit: int = 10
@@ -113,11 +115,11 @@ def resolve(cfg: PerfConfig, device: torch.device, world_size: int = 1) -> tuple
                 dropped.append(f"{label} (triton not installed)")
     # What the whole-iteration graph needs: every loop capturable, and optimizers whose step can be replayed.
     for name, needs in (("iteration_graph", ("graphs", "fused_optim")), ("side_streams", ("iteration_graph",)),
-                        ("sampler_kernel", ("hoist_sampler",))):
+                        ("sampler_kernel", ("hoist_sampler",)), ("combo_kernels", ("compile",))):
         missing = [n for n in needs if not want[n]]
         if want[name] and missing:
             want[name] = False
-            if cuda or name == "sampler_kernel":
+            if cuda or name in _UNMEASURED:
                 dropped.append(f"{name} (needs {' and '.join(missing)})")
     if world_size > 1 and want["iteration_graph"]:
         want["iteration_graph"] = want["side_streams"] = False

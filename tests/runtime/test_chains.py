@@ -267,3 +267,32 @@ def test_unmeasured_switches_stay_off_under_auto() -> None:
     assert not plan.sampler_kernel and note is not None and "sampler_kernel (needs hoist_sampler)" in note
     plan, _ = resolve(PerfConfig(sampler_kernel="on", hoist_sampler="on"), torch.device("cpu"))
     assert plan.sampler_kernel  # the ops' references on a CPU
+    assert not resolve(PerfConfig(preset="fast"), cuda)[0].combo_kernels
+    assert resolve(PerfConfig(preset="fast", combo_kernels="on"), cuda)[0].combo_kernels
+    plan, note = resolve(PerfConfig(combo_kernels="on"), torch.device("cpu"))  # compile stays off on a CPU
+    assert not plan.combo_kernels and note is not None and "combo_kernels (needs compile)" in note
+
+
+def test_combo_kernels_compile_with_the_modes_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``perf.combo_kernels`` passes Inductor's horizontal fusion as a compile option, keeping the mode's own options
+    (torch.compile refuses a mode and options together), and the compiled path still computes the same loops."""
+    seen: list[dict[str, object]] = []
+    real = torch.compile
+
+    def spy(fn, **kw):  # type: ignore[no-untyped-def]
+        seen.append(kw)
+        return real(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    learner = make()
+    i = fixed_inputs(learner)
+    FastChains(learner, PerfPlan(compile=True, combo_kernels=True, compile_mode="max-autotune-no-cudagraphs"))
+    assert seen and all(kw.get("mode") is None and kw["options"] == {"max_autotune": True,  # type: ignore[index]
+                                                                      "coordinate_descent_tuning": True,
+                                                                      "combo_kernels": True} for kw in seen)
+    torch._dynamo.reset()
+    eager = fast_loops(FastChains(learner, PerfPlan()), learner, i)
+    combo = fast_loops(FastChains(learner, PerfPlan(compile=True, combo_kernels=True)), learner, i)
+    torch._dynamo.reset()
+    for k in eager:
+        torch.testing.assert_close(combo[k], eager[k], rtol=1e-5, atol=1e-5, msg=k)
