@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and the benchmark at the paper's sizes in ONE call of at most 8 minutes (issue 14).
 #
-#   DAMC_COMMIT=<commit>[+dirty] bash bench/gpu_all.sh [all|tests|bench]
+#   DAMC_COMMIT=<commit>[+dirty] bash bench/gpu_all.sh [all|tests|bench|decide]
 #
 # Set DAMC_COMMIT where the tree is checked out, e.g. `git rev-parse --short HEAD` plus "+dirty" if
 # `git status --porcelain` is not empty, and pass the literal value: the measuring machine gets a copy of the
@@ -27,6 +27,9 @@
 #                   is written as <gpu>.smoke.json / .md and says what is missing                    (≤ 25 s)
 # With `all`, the tests come first and the benchmark is guaranteed its time; the profile and the variants get what
 # is left (often nothing after slow tests): `bash bench/gpu_all.sh bench` in a second call gives them the budget.
+# `decide` (≈ 5 min) is for the switches written without a GPU (perf.sampler_kernel, combo_kernels, merge_unet;
+# `auto` leaves them off until measured): the kernel tests, the fast rows of the phases they change, their variants
+# (DAMC_DECIDE_VARIANTS, a pytest -k expression) and the profile; the report is a .smoke file beside the full one.
 # The bench_kernels / bench_loaders rows of the first H100 run are not repeated (time); run them with
 # `pytest bench/bench_kernels.py bench/bench_loaders.py --benchmark-only` when there is time.
 # The exit code is non-zero if any stage failed or timed out.
@@ -41,7 +44,8 @@ PY=${PYTHON:-$(command -v python3 || command -v python)}
 BUDGET=${DAMC_GPU_BUDGET_S:-450}
 status=0
 WHAT=${1:-all}
-case $WHAT in all|tests|bench) ;; *) echo "usage: bash bench/gpu_all.sh [all|tests|bench] (got '$WHAT')" >&2; exit 2;; esac
+case $WHAT in all|tests|bench|decide) ;;
+  *) echo "usage: bash bench/gpu_all.sh [all|tests|bench|decide] (got '$WHAT')" >&2; exit 2;; esac
 if [ -z "${DAMC_COMMIT:-}" ]; then
   DAMC_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)+unpinned"
   echo "warning: DAMC_COMMIT not set; recording '$DAMC_COMMIT' (this copy's git metadata, maybe not the tree sent)" >&2
@@ -83,6 +87,23 @@ PY
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+if [ "$WHAT" = decide ]; then
+  DECIDE=${DAMC_DECIDE_VARIANTS:-"sampler_kernel or combo_kernels or merge_unet"}
+  stage kernel_tests "$(limit 90 300)" "${PYTEST[@]}" tests/kernels
+  rm -f "$OUT"/bench_main.json* "$OUT"/bench_variants.json*
+  DAMC_BENCH_STREAM="$OUT/bench_main.jsonl" stage bench_main "$(limit 120 180)" "${PYTEST[@]}" bench/bench_phases.py \
+    --benchmark-only -k "fast and (sample_damc_prior or damc_draw or amortizer_updates or train_iteration)" \
+    "--benchmark-json=$OUT/bench_main.json"
+  DAMC_BENCH_STREAM="$OUT/bench_variants.jsonl" stage bench_variants "$(limit 150 60)" "${PYTEST[@]}" \
+    bench/bench_variants.py --benchmark-only -k "$DECIDE"
+  stage profile "$(limit 60 25)" "$PY" -m bench.profile --out "$OUT" --phases sample_damc_prior,amortizer_updates
+  main="$OUT/bench_main.json"
+  [ -s "$main" ] || main="$OUT/bench_main.jsonl"  # the stream, when the stage was cut short
+  stage report 25 "$PY" -m bench.report --from-json "$main" --merge-json "$OUT/bench_variants.jsonl" \
+    --out "$OUT" --allow-smoke
+  echo "=== gpu_all: done in $SECONDS s, status $status"
+  exit $status
+fi
 if [ "$WHAT" != bench ]; then
   reserve=0
   [ "$WHAT" = all ] && reserve=240  # bench_main + report must still fit

@@ -356,7 +356,8 @@ class Variant:
 # Undecided first: the GPU run's variants stage has what time the budget leaves and runs them in this order.
 VARIANTS: tuple[Variant, ...] = (
     Variant("sampler_kernel", ('perf.sampler_kernel="on"',), ("sample_damc_prior", "damc_draw"),
-            "each U-Net block of a sampler step as one Triton kernel (GEMM + epilogue, the last with the step): "
+            "each U-Net block of a sampler step as one Triton kernel (GEMM + epilogue; the first computes its Fourier "
+            "features, the last takes the step): "
             "16 launches a step -> 7"),
     Variant("combo_kernels", ('perf.combo_kernels="on"',), ("amortizer_updates", "train_iteration"),
             "Inductor's horizontal fusion (combo kernels): the Q update's 188 bf16/fp32 casts (94 forward + 94 "
