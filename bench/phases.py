@@ -355,6 +355,9 @@ class Variant:
 
 # Undecided first: the GPU run's variants stage has what time the budget leaves and runs them in this order.
 VARIANTS: tuple[Variant, ...] = (
+    Variant("merge_unet", ('perf.merge_unet="on"',), ("amortizer_updates", "train_iteration"),
+            "the training U-Net's GEMMs that share an input merged (7 ctx_proj as one; gate + hyper_bias; layer + "
+            "skip): 38 -> 18 GEMMs per forward, fewer in backward (latency-bound updates)"),
     Variant("sampler_kernel", ('perf.sampler_kernel="on"',), ("sample_damc_prior", "damc_draw"),
             "each U-Net block of a sampler step as one Triton kernel (GEMM + epilogue; the first computes its Fourier "
             "features, the last takes the step): "

@@ -234,6 +234,9 @@ class PerfConfig:
     combo_kernels: Switch = _opt("auto", "with compile: Inductor's horizontal fusion of independent kernels (e.g. the "
                                  "bf16 weight casts of the amortizer updates); auto = off until a GPU measurement "
                                  "(bench variant combo_kernels) shows it pays")
+    merge_unet: Switch = _opt("auto", "the training U-Net's GEMMs that share an input as one (all ctx_proj; gate + "
+                              "hyper_bias; layer + skip): auto is off under every preset until a GPU measurement "
+                              "(bench variant merge_unet) shows it pays")
     g_last: Literal["convt", "convt_pad", "conv_pad"] = _opt(
         "convt", "G's 3-channel last layer: as written, or its channels padded to 8")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = _opt("default", "torch.compile mode")

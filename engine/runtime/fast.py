@@ -13,6 +13,8 @@ reference.
     every graph and the next call captures again;
   * the hoisted sampler (:mod:`engine.runtime.sampler`): the U-Net's context for all steps at once, merged GEMMs,
     the last block's epilogue fused with the ancestral step (:mod:`kernels.ddpm_epilogue`);
+  * with ``merge_unet``, the U-Net's forward in the amortizer loss (and the plain sampler loop) with the GEMMs that
+    share an input merged (:mod:`engine.runtime.merged_unet`);
   * fused, capturable optimizers with device learning rates (:func:`engine.runtime.updates.make_capturable`);
   * G's first and last layers rewritten as the benchmark decides (:mod:`engine.runtime.convt`).
 
@@ -39,6 +41,7 @@ from engine.runtime.chains import IterationBody, LoopState, ReferenceChains, cha
 from engine.runtime.convt import LastLayer, generator_forward
 from engine.runtime.graphs import CapturedGraph, GeneratorProxy, Restorable, frozen
 from engine.runtime.iteration import IterationGraphs, SideStreams
+from engine.runtime.merged_unet import merged_unet_forward
 from engine.runtime.perf import PerfPlan
 from engine.runtime.sampler import draw_context, fused_unet_step, pack_unet, unet_trunk
 from engine.runtime.updates import (
@@ -102,10 +105,11 @@ def _emit(b: dict[str, Tensor], name: str, value: Tensor) -> None:
 
 class _Precision:
     """The amortizer with each part under its own autocast: the encoder and null token follow ``amp``, the U-Net
-    ``amp_unet`` (latency-bound: bf16 may not pay). Satisfies :class:`engine.sampling.draws.AmortizerNet`."""
+    ``amp_unet`` (latency-bound: bf16 may not pay); the U-Net's GEMMs merged with ``merged``. Satisfies
+    :class:`engine.sampling.draws.AmortizerNet`."""
 
-    def __init__(self, net: Amortizer, embed: Callable[[], Any], unet: Callable[[], Any]) -> None:
-        self.net, self._embed, self._unet = net, embed, unet
+    def __init__(self, net: Amortizer, embed: Callable[[], Any], unet: Callable[[], Any], merged: bool = False) -> None:
+        self.net, self._embed, self._unet, self._merged = net, embed, unet, merged
 
     def cond_embedding(self, x: Tensor) -> Tensor:
         with self._embed():
@@ -117,7 +121,7 @@ class _Precision:
 
     def __call__(self, z: Tensor, logsnr: Tensor, xemb: Tensor) -> Tensor:
         with self._unet():
-            return self.net(z, logsnr, xemb)
+            return _unet_forward(self.net, z, logsnr, xemb, self._merged)
 
 
 class FastChains:
@@ -220,13 +224,13 @@ class FastChains:
 
     def _denoise_fn(self, net: Amortizer, z: Tensor, lam: Tensor, xemb: Tensor) -> Tensor:
         with self._unet_autocast():
-            return net(z, lam, xemb).float()
+            return _unet_forward(net, z, lam, xemb, self.plan.merge_unet).float()
 
     def _q_loss_fn(self, z: Tensor, x: Tensor, keep: Tensor, xi: Tensor, u: Tensor, eps: Tensor) -> Tensor:
         net = self.learner.nets.amortizer
         assert net is not None
-        return q_loss_given(_Precision(net, self.autocast, self._unet_autocast), z, x, keep, xi, u, eps,
-                            self.learner.cfg.diffusion)
+        return q_loss_given(_Precision(net, self.autocast, self._unet_autocast, self.plan.merge_unet), z, x, keep,
+                            xi, u, eps, self.learner.cfg.diffusion)
 
     # -- regions: eager, inside the iteration graph, or captured on their own -----------------------------------
 
@@ -447,6 +451,11 @@ class FastChains:
             out = self._run(key, shapes, inputs, body, (), lr.rng, ("loss", "norm"),
                             state=lambda: StateSnapshot([net], [opt]), capturable=capturable)
             return hand_back(out["loss"]), hand_back(out["norm"])
+
+
+def _unet_forward(net: Amortizer, z: Tensor, logsnr: Tensor, xemb: Tensor, merged: bool) -> Tensor:
+    """ε̂ (B, nz): the module's forward, or the same maths with merged GEMMs (``perf.merge_unet``)."""
+    return merged_unet_forward(net.unet, z, logsnr, xemb) if merged else net(z, logsnr, xemb)
 
 
 def _last(mode: str) -> LastLayer:

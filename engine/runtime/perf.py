@@ -21,7 +21,7 @@ from kernels import triton_available  # asks importlib only; never imports trito
 
 SWITCHES = ("graphs", "compile", "amp", "kernels", "channels_last", "tf32", "cudnn_benchmark", "iteration_graph",
             "fused_optim", "hoist_sampler", "amp_unet", "side_streams", "g_gemm_first", "sampler_kernel",
-            "combo_kernels")
+            "combo_kernels", "merge_unet")
 _CUDA_ONLY = {
     "graphs": "CUDA graphs",
     "amp": "bf16 autocast",
@@ -41,7 +41,7 @@ _CPU_AUTO_OFF = {
 }
 # Written but not yet measured on a GPU: ``auto`` leaves them off under both presets until a benchmark variant shows
 # they pay (bench/phases.py VARIANTS); ``on`` runs them anywhere (their references on a CPU).
-_UNMEASURED = ("sampler_kernel", "combo_kernels")
+_UNMEASURED = ("sampler_kernel", "combo_kernels", "merge_unet")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class PerfPlan:
     g_gemm_first: bool = False
     sampler_kernel: bool = False
     combo_kernels: bool = False
+    merge_unet: bool = False
     g_last: str = "convt"
     compile_mode: str = "default"
     cudnn_benchmark_limit: int = 10

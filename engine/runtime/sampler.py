@@ -17,13 +17,15 @@ depends on z. Per draw (B rows, T steps) this module therefore:
   GEMM and epilogue, as one kernel (:mod:`kernels.squash_block`), the first with its Fourier features, the last
   with the step: seven launches a step instead of sixteen.
 
+The stacks are built by the helpers of :mod:`engine.runtime.merged_unet` (the training forward's merged GEMMs),
+here detached and cast once per draw.
+
 With ``dtype = float32`` every number equals forward's up to the summation order of the split ctx_proj GEMM
 (tests: within 1e-6 for all 100 λ); with bfloat16 the GEMMs run in bf16 as autocast would run them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,10 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.models.amortizer import LatentUNet
+from engine.runtime.merged_unet import fourier_input, merged_trunk, stack_ctx_proj, stack_gate_bias, stack_layer_skip
 
 __all__ = ["Context", "PackedUNet", "draw_context", "fused_unet_step", "pack_unet", "unet_trunk"]
-
-_LRELU = 0.01  # LeakyReLU slope between the U-Net's blocks (spec §1.4)
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,11 @@ Context = list[tuple[Tensor, Tensor]]
 
 def pack_unet(unet: LatentUNet, dtype: torch.dtype) -> PackedUNet:
     """Stack and cast the z path's weights (a few small copies per draw; always from the live fp32 weights)."""
-    blocks = unet.blocks()
+    stacked = [stack_layer_skip(b) for b in unet.blocks()]
     return PackedUNet(
         fourier_b=unet.fourier_B.detach().float(),
-        w_ls=tuple(torch.cat([b.layer.weight, b.skip.weight]).detach().to(dtype) for b in blocks),
-        b_ls=tuple(torch.cat([b.layer.bias, b.skip.bias]).detach().to(dtype) for b in blocks),
+        w_ls=tuple(w.detach().to(dtype) for w, _ in stacked),
+        b_ls=tuple(b.detach().to(dtype) for _, b in stacked),
         residual=unet.residual,
     )
 
@@ -67,8 +68,7 @@ def draw_context(unet: LatentUNet, logsnr: Tensor, xemb: Tensor, dtype: torch.dt
     """Every block's (gate, bias) for all T steps and B rows: logsnr (T,), xemb (B, nemb) -> [(T, B, out)] × 7."""
     blocks = unet.blocks()
     nt = unet.ntemb
-    w = torch.cat([b.ctx_proj.weight for b in blocks]).detach()  # (S, ntemb + nemb)
-    bias = torch.cat([b.ctx_proj.bias for b in blocks]).detach()  # (S,)
+    w, bias = (t.detach() for t in stack_ctx_proj(blocks))  # (S, ntemb + nemb), (S,)
     temb = unet.time_embedding(logsnr.float()).detach()  # (T, ntemb), fp32 as forward computes it
     a = F.linear(F.silu(temb).to(dtype), w[:, :nt].to(dtype))  # (T, S)
     x = F.linear(F.silu(xemb.float()).to(dtype), w[:, nt:].to(dtype), bias.to(dtype))  # (B, S)
@@ -77,7 +77,7 @@ def draw_context(unet: LatentUNet, logsnr: Tensor, xemb: Tensor, dtype: torch.dt
     start = 0
     for blk in blocks:
         n = blk.dim_out
-        w_gb = torch.cat([blk.gate.weight, blk.hyper_bias.weight]).detach().to(dtype)  # (2·out, out)
+        w_gb = stack_gate_bias(blk).detach().to(dtype)  # (2·out, out)
         gb = F.linear(c[..., start:start + n], w_gb)  # (T, B, 2·out)
         out.append((torch.sigmoid(gb[..., :n] + blk.gate.bias.detach().to(dtype)).contiguous(),
                     gb[..., n:].contiguous()))
@@ -94,25 +94,8 @@ def unet_trunk(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], 
     row = k.reshape(1)
     g = [t.index_select(0, row)[0] for t in gates]  # (B, out) each
     bb = [t.index_select(0, row)[0] for t in biases]
-    zb = 2 * math.pi * (z.float() @ fourier_b)  # (B, nz//2): phases O(10) rad, fp32 (spec §1.4 note)
-    h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1).to(w_ls[0].dtype)
-
-    def block(i: int, hh: Tensor) -> Tensor:
-        y = F.linear(hh, w_ls[i], b_ls[i])  # (B, 2·out)
-        n = y.shape[1] // 2
-        return y[:, :n] * g[i] + bb[i] + y[:, n:]
-
-    skips: list[Tensor] = []
-    for i in range(3):
-        if i > 0:
-            h = F.leaky_relu(h, _LRELU)
-        h = block(i, h)
-        skips.append(h)
-    h = block(3, F.leaky_relu(h, _LRELU))
-    for i in (4, 5):
-        h = block(i, F.leaky_relu(torch.cat([h, skips.pop()], dim=1), _LRELU))
-    h = F.leaky_relu(torch.cat([h, skips.pop()], dim=1), _LRELU)
-    return F.linear(h, w_ls[6], b_ls[6])  # (B, 2·nz): the epilogue kernel finishes the block
+    h = fourier_input(z, fourier_b).to(w_ls[0].dtype)  # phases in fp32 (spec §1.4 note), then the packed dtype
+    return merged_trunk(h, w_ls, b_ls, g, bb)  # (B, 2·nz): the epilogue kernel finishes the last block
 
 
 def fused_unet_step(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], b_ls: Sequence[Tensor],
