@@ -175,3 +175,68 @@ def test_kernels_compile_for_sm90_and_vectorise() -> None:
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not _nvidia_backend_available(), reason="triton with its NVIDIA backend is not installed")
+def test_squash_block_compiles_for_sm90() -> None:
+    """kernels.squash_block as the GPU builds it (sm_90, no interpreter) for every mode the sampler uses: bf16 and
+    fp32 operands (tensor-core dots, IEEE fp32 for the Fourier phases), the cat of two inputs, the Fourier-feature
+    first block, the last block with the ancestral step, each batch tile (BM 16/32/64); and torch.compile's
+    mutation analysis finds ``out_ptr`` as its only write."""
+    proc = _run("""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from kernels.squash_block import _squash_block_kernel
+
+        def signature(dt):
+            ptrs = {n: f"*{dt}" for n in ("h1_ptr", "h2_ptr", "w_ptr", "b_ptr", "g_ptr", "bb_ptr")}
+            return ptrs | {"k_ptr": "*i64", "out_ptr": f"*{dt}", "z_ptr": "*fp32", "table_ptr": "*fp32",
+                           "noise_ptr": "*fp32", "n_rows": "i32", "k1": "i32", "k2": "i32", "half": "i32",
+                           "n_out": "i32"}
+
+        n = 0
+        for dt in ("bf16", "fp32"):
+            for mode in ("plain", "two", "fourier", "ddpm"):
+                for bm in (16, 32, 64):
+                    sig = signature(dt)
+                    if mode == "fourier":
+                        sig |= {"h1_ptr": "*fp32", "h2_ptr": "*fp32"}
+                    if mode == "ddpm":
+                        sig |= {"out_ptr": "*fp32"}
+                    ce = {"ACT": mode != "fourier", "TWO": mode in ("two", "ddpm"), "FOURIER": mode == "fourier",
+                          "DDPM": mode == "ddpm", "NOISE": mode == "ddpm", "RESIDUAL": True, "IEEE": dt == "fp32",
+                          "NZP": 128, "BM": bm, "BN": 32, "BK": 64}
+                    src = ASTSource(fn=_squash_block_kernel, signature=sig | {c: "constexpr" for c in ce},
+                                    constexprs=ce)
+                    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+                    # bf16 (the fast path): the block's GEMM on tensor cores; fp32 stays IEEE (FMA), as the reference
+                    assert ("mma" in ptx) == (dt == "bf16"), (dt, mode, bm)
+                    n += 1
+
+        import torch
+        from torch._higher_order_ops import triton_kernel_wrap as wrap
+
+        class _H100:
+            def get_current_target(self):
+                return GPUTarget("cuda", 90, 32)
+
+        triton.runtime.driver._active = _H100()
+        b16 = torch.bfloat16
+        kw = {"h1_ptr": torch.empty(64, 256, dtype=b16), "h2_ptr": torch.empty(64, 256, dtype=b16),
+              "w_ptr": torch.empty(512, 512, dtype=b16), "b_ptr": torch.empty(512, dtype=b16),
+              "g_ptr": torch.empty(100, 64, 256, dtype=b16), "bb_ptr": torch.empty(100, 64, 256, dtype=b16),
+              "k_ptr": torch.zeros((), dtype=torch.int64), "out_ptr": torch.empty(64, 256, dtype=b16),
+              "z_ptr": torch.empty(64, 256), "table_ptr": torch.empty(100, 6), "noise_ptr": torch.empty(64, 256),
+              "n_rows": 64, "k1": 256, "k2": 256, "half": 0, "n_out": 256, "ACT": True, "TWO": True,
+              "FOURIER": False, "DDPM": False, "NOISE": False, "RESIDUAL": True, "IEEE": False, "NZP": 128,
+              "BM": 64, "BN": 32, "BK": 64}
+        if hasattr(wrap, "identify_accessed_tensors"):  # torch >= 2.12
+            writes = [d.name for d in wrap.identify_accessed_tensors(_squash_block_kernel, kw, {}).read_writes.writes]
+        else:  # torch 2.11 (the lent GPU image)
+            writes = list(wrap.identify_mutated_tensors(_squash_block_kernel, kw, {}))
+        assert writes == ["out_ptr"], writes
+        print("ok", n)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok 24"
