@@ -89,7 +89,8 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if [ "$WHAT" = decide ]; then
   DECIDE=${DAMC_DECIDE_VARIANTS:-"sampler_kernel or combo_kernels or merge_unet"}
-  stage kernel_tests "$(limit 90 300)" "${PYTEST[@]}" tests/kernels tests/runtime/test_merged_unet.py
+  stage kernel_tests "$(limit 120 300)" "${PYTEST[@]}" tests/kernels tests/runtime/test_merged_unet.py \
+    "tests/runtime/test_fast_gpu.py::test_unmeasured_switches_in_graphs_match_the_default_fast_path"
   rm -f "$OUT"/bench_main.json* "$OUT"/bench_variants.json*
   DAMC_BENCH_STREAM="$OUT/bench_main.jsonl" stage bench_main "$(limit 120 180)" "${PYTEST[@]}" bench/bench_phases.py \
     --benchmark-only -k "fast and (sample_damc_prior or damc_draw or amortizer_updates or train_iteration)" \
