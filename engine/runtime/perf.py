@@ -1,8 +1,9 @@
 """Which speed-ups run, decided once for the device at hand (the ``perf:`` config section).
 
 ``reference`` is the faithful eager fp32 path. ``fast`` enables every switch left at ``auto`` that the device
-supports; a switch set to ``on``/``off`` overrides the preset. A capability the machine lacks (no GPU, no
-Triton) is turned off with one log line, never an error. Backend flags (TF32, cudnn autotuning) are applied
+supports, except those not yet measured on a GPU (``_UNMEASURED``: only ``on`` enables them); a switch set to
+``on``/``off`` overrides the preset. A capability the machine lacks (no GPU, no Triton) is turned off with one log
+line, never an error. Backend flags (TF32, cudnn autotuning) are applied
 by :func:`engine.runtime.system.apply_perf`, the only place that touches ``torch.backends``.
 
 On a CPU, ``fast`` keeps the reference: the pure-torch rewrites (compile, fused optimizers, the hoisted sampler,
@@ -114,7 +115,8 @@ def resolve(cfg: PerfConfig, device: torch.device, world_size: int = 1) -> tuple
             if want[name]:
                 want[name] = False
                 dropped.append(f"{label} (triton not installed)")
-    # What the whole-iteration graph needs: every loop capturable, and optimizers whose step can be replayed.
+    # What a switch needs: the whole-iteration graph every loop capturable and optimizers whose step can be replayed;
+    # the sampler kernel the hoisted sampler; combo kernels a compiler to fuse them.
     for name, needs in (("iteration_graph", ("graphs", "fused_optim")), ("side_streams", ("iteration_graph",)),
                         ("sampler_kernel", ("hoist_sampler",)), ("combo_kernels", ("compile",))):
         missing = [n for n in needs if not want[n]]
