@@ -28,7 +28,7 @@
 # With `all`, the tests come first and the benchmark is guaranteed its time; the profile and the variants get what
 # is left (often nothing after slow tests): `bash bench/gpu_all.sh bench` in a second call gives them the budget.
 # `decide` (≈ 5 min) is for the switches written without a GPU (perf.sampler_kernel, combo_kernels, merge_unet;
-# `auto` leaves them off until measured): the kernel tests, the fast rows of the phases they change, their variants
+# `auto` leaves them off until measured): their GPU tests, the fast rows of the phases they change, their variants
 # (DAMC_DECIDE_VARIANTS, a pytest -k expression) and the profile; the report is a .smoke file beside the full one.
 # The bench_kernels / bench_loaders rows of the first H100 run are not repeated (time); run them with
 # `pytest bench/bench_kernels.py bench/bench_loaders.py --benchmark-only` when there is time.
@@ -89,7 +89,9 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if [ "$WHAT" = decide ]; then
   DECIDE=${DAMC_DECIDE_VARIANTS:-"sampler_kernel or combo_kernels or merge_unet"}
-  stage kernel_tests "$(limit 120 300)" "${PYTEST[@]}" tests/kernels tests/runtime/test_merged_unet.py \
+  # only what the candidates touch (all of tests/kernels takes > 60 s on the device)
+  stage kernel_tests "$(limit 120 300)" "${PYTEST[@]}" tests/kernels/test_squash_block.py \
+    tests/kernels/test_engine_parity.py tests/runtime/test_merged_unet.py \
     "tests/runtime/test_fast_gpu.py::test_unmeasured_switches_in_graphs_match_the_default_fast_path"
   rm -f "$OUT"/bench_main.json* "$OUT"/bench_variants.json*
   DAMC_BENCH_STREAM="$OUT/bench_main.jsonl" stage bench_main "$(limit 120 180)" "${PYTEST[@]}" bench/bench_phases.py \
