@@ -219,8 +219,8 @@ def test_evaluation_draws_leave_the_training_stream_alone_and_never_sync() -> No
     assert torch.equal(r1.get_state(), r2.get_state())
 
 
-def test_hoisted_bf16_sampler_in_a_graph_is_within_bf16_of_the_reference() -> None:
-    learner = make()
+def assert_draw_within_bf16_of_the_reference(learner: Learner) -> None:
+    """The fast path's conditional draw (captured, then replayed) within bf16 of the reference sampler, fixed noise."""
     net = learner.nets.amortizer
     g = torch.Generator().manual_seed(1)
     n, nz = 16, learner.cfg.model.nz
@@ -235,6 +235,10 @@ def test_hoisted_bf16_sampler_in_a_graph_is_within_bf16_of_the_reference() -> No
         torch.testing.assert_close(got, want, rtol=0, atol=0.03)
 
 
+def test_hoisted_bf16_sampler_in_a_graph_is_within_bf16_of_the_reference() -> None:
+    assert_draw_within_bf16_of_the_reference(make())
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_unmeasured_switches_in_graphs_match_the_default_fast_path(compiled: bool) -> None:
     """The switches written without a GPU (sampler_kernel: Triton blocks in the captured draw; merge_unet: merged
@@ -245,16 +249,7 @@ def test_unmeasured_switches_in_graphs_match_the_default_fast_path(compiled: boo
     learner = make(*extra)
     chains = learner.chains
     assert isinstance(chains, FastChains) and chains.plan.sampler_kernel and chains.plan.merge_unet
-    net = learner.nets.amortizer
-    g = torch.Generator().manual_seed(1)
-    n, nz = 16, learner.cfg.model.nz
-    x = batch(4)[:n]
-    z_t, noise = torch.randn(n, nz, generator=g).to(DEV), torch.randn(99, n, nz, generator=g).to(DEV)
-    with torch.no_grad():
-        xemb = net.cond_embedding(x)
-        want = ancestral_sample(lambda z, lam: net(z, lam, xemb), z_t, learner.table, noise=noise)
-    for _ in range(2):  # capture, then replay
-        torch.testing.assert_close(chains.cond_draw(net, x, noise=noise, z_init=z_t), want, rtol=0, atol=0.03)
+    assert_draw_within_bf16_of_the_reference(learner)
     base = make(*((COMPILE,) if compiled else ()))
     got, ref = run(learner, 0, 3), run(base, 0, 3)
     for k in ref:
