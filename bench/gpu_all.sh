@@ -27,7 +27,7 @@
 #                   is written as <gpu>.smoke.json / .md and says what is missing                    (≤ 25 s)
 # With `all`, the tests come first and the benchmark is guaranteed its time; the profile and the variants get what
 # is left (often nothing after slow tests): `bash bench/gpu_all.sh bench` in a second call gives them the budget.
-# `decide` (≈ 5 min) is for the switches written without a GPU (perf.sampler_kernel, combo_kernels, merge_unet;
+# `decide` (at most the budget; ≈ 5 min estimated from its stage limits, not yet run on a GPU) is for the switches written without a GPU (perf.sampler_kernel, combo_kernels, merge_unet;
 # `auto` leaves them off until measured): their GPU tests, the fast rows of the phases they change, their variants
 # (DAMC_DECIDE_VARIANTS, a pytest -k expression) and the profile; the report is a .smoke file beside the full one.
 # The bench_kernels / bench_loaders rows of the first H100 run are not repeated (time); run them with

@@ -109,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"bench.profile: unknown phase(s) {unknown}; known: {', '.join(PHASE_INFO)}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"bench.profile: cannot use --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     failed: list[str] = []
     for phase in phases:

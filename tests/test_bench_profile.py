@@ -44,6 +44,10 @@ def test_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "unknown phase" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert profile.main(["--out", str(tmp_path)]) == 2
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert profile.main(["--out", str(blocker / "sub"), "--device", "cpu", "--phases", "prior_chain"]) == 2
+    assert "cannot use --out" in capsys.readouterr().err
 
 
 def test_timeline_counts_busy_time_and_span() -> None:

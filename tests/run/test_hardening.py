@@ -27,13 +27,10 @@ from engine.config import DataConfig
 from engine.data import load_images
 from engine.run import checkpoint
 from engine.run.train import main
+from tests.run.test_resume import TINY  # the resume tests' tiny digits config
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
-TINY = ["model.ngf=8", "model.nif=8", "model.nemb=32", "model.nz=8", "diffusion.n_steps=8",
-        "langevin.posterior.n_steps=4", "langevin.prior.n_steps=4", "diffusion.updates_per_iter=2",
-        "diffusion.ema_every=2", "optim.lr_decay_every=3", "train.batch_size=16", "eval.n_samples=8",
-        "eval.lebm_steps=2", "log.sample_every=1000", "log.log_every=1", "log.progress=false"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 

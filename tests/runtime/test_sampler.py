@@ -167,7 +167,7 @@ def test_fused_step_equals_forward_and_the_step_for_every_lambda(net: Amortizer,
     ctx = draw_context(net.unet, lam, xemb, torch.float32)
     table = pack_sampler_table(sampler_table(T))
     noise = torch.randn(8, 128, generator=torch.Generator().manual_seed(3))
-    for k in (0, 37, T - 1):
+    for k in range(T):
         kt = torch.tensor(k)
         want = ddpm_step_ref(z, net.unet(z, lam[k].expand(8), xemb), table, kt, noise)
         got = fused_unet_step(z, kt, packed.fourier_b, packed.w_ls, packed.b_ls, [g for g, _ in ctx],
