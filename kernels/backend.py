@@ -90,9 +90,9 @@ def use_triton(z: Tensor, unsupported: str | None) -> bool:
     if z.device.type == "cuda":
         return True
     if z.device.type == "cpu" and interpreting():
-        if not interpreter_ready():
-            raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported; set it before the first "
-                               "import (tests/kernels/conftest.py, or the environment)")
+        problem = interpreter_problem()
+        if problem is not None:
+            raise RuntimeError(f"kernel backend 'triton' on CPU tensors: {problem}")
         from torch._subclasses.fake_tensor import is_fake
 
         return not is_fake(z)
@@ -100,16 +100,43 @@ def use_triton(z: Tensor, unsupported: str | None) -> bool:
                        "CPU tensors run only under TRITON_INTERPRET=1")
 
 
-def interpreter_ready() -> bool:
-    """Triton's own ``@jit`` helpers (``tl.randn4x``) were built for the interpreter.
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run this package's kernels in this process (None: it can).
 
-    Triton decorates them when ``triton`` is first imported, so ``TRITON_INTERPRET=1`` must be set before
-    that import; set later, the interpreter fails on the first nested helper call.
+    Two ways it cannot, each seen here:
+
+    * ``TRITON_INTERPRET=1`` was set after ``triton`` was first imported. Triton decorates its own ``@jit`` helpers
+      (``tl.randn4x``) at that import, so they were built for the GPU and the interpreter fails on the first
+      nested helper call.
+    * torch's ``wrap_triton`` (which every op here launches through) rejects the ``InterpretedFunction`` that
+      ``triton.jit`` builds under the interpreter: torch 2.11.0 + triton 3.6.0 raise "wrap_triton only works
+      on functions annotated with triton.jit"; torch 2.13.0 + triton 3.7.1 (what CI installs) launch it.
     """
     from triton.language import random
     from triton.runtime.interpreter import InterpretedFunction
 
-    return isinstance(random.randn4x, InterpretedFunction)
+    if not isinstance(random.randn4x, InterpretedFunction):
+        return ("TRITON_INTERPRET=1 was set after triton was imported; set it before the first import "
+                "(tests/kernels/conftest.py, or the environment)")
+    if not _wrap_triton_takes_interpreted_kernels():
+        import torch
+        import triton
+
+        return (f"torch {torch.__version__}'s torch.library.wrap_triton rejects the interpreter's kernels "
+                f"(triton {triton.__version__}); torch 2.13.0 with triton 3.7.1 runs them")
+    return None
+
+
+@functools.cache
+def _wrap_triton_takes_interpreted_kernels() -> bool:
+    from torch.library import wrap_triton
+    from triton.language import random
+
+    try:
+        wrap_triton(random.randn4x)  # an InterpretedFunction (checked by the caller); launches nothing
+    except RuntimeError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

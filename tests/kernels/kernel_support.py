@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import interpreter_ready, interpreting, triton_available
+from kernels.backend import interpreter_problem, interpreting, triton_available
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 EPS32 = torch.finfo(torch.float32).eps
@@ -48,6 +48,5 @@ def triton_skip_reason() -> str | None:
     if DEVICE.type == "cpu":
         if not interpreting():
             return "no GPU and TRITON_INTERPRET is not 1"
-        if not interpreter_ready():
-            return "triton was imported before TRITON_INTERPRET=1 was set (run tests/kernels first or export it)"
+        return interpreter_problem()
     return None

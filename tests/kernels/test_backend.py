@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -56,6 +57,20 @@ def test_forced_triton_on_cpu_without_interpreter_is_an_error(monkeypatch: pytes
     z = torch.randn(7, 8)
     with use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         klu.langevin_update(z, z, 0.1, None)
+
+@pytest.mark.skipif(DEVICE.type != "cpu" or not triton_available(), reason="the interpreter on a CPU")
+def test_forced_triton_where_torch_rejects_interpreted_kernels_is_one_clear_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch 2.11's ``wrap_triton`` rejects the interpreter's kernels (seen with triton 3.6): a forced Triton
+    backend on CPU tensors says so, naming the versions, before anything launches."""
+    monkeypatch.setattr(backend, "interpreting", lambda: True)
+    monkeypatch.setattr(backend, "_wrap_triton_takes_interpreted_kernels", lambda: False)
+    monkeypatch.setattr(klu, "_langevin_update_triton", lambda *a, **k: pytest.fail("kernel launched"))
+    z = torch.randn(7, 8)
+    says = re.escape(f"torch {torch.__version__}'s torch.library.wrap_triton rejects the interpreter's kernels")
+    with use_backend("triton"), pytest.raises(RuntimeError, match=says):
+        klu.langevin_update(z, z, 0.1, None)
+
 
 
 def test_without_triton_everything_runs_the_reference_quietly() -> None:
