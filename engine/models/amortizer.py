@@ -22,6 +22,7 @@ __all__ = [
     "LOGSNR_CLAMP",
     "logsnr_to_time",
     "sinusoidal_embedding",
+    "fourier_features",
     "ConcatSquashBlock",
     "LatentUNet",
     "NullToken",
@@ -102,6 +103,18 @@ class ConcatSquashBlock(nn.Module):
         return self.layer(h) * gate + bias + self.skip(h)
 
 
+def fourier_features(z: Tensor, fourier_b: Tensor) -> Tensor:
+    """The U-Net's input [sin(2π zB), cos(2π zB), z] (B, 2·(nz//2) + nz) for z (B, nz) and B (nz, nz//2) (spec §1.4).
+
+    The phases stay fp32 under autocast: 2π·zB is O(10) rad, and bf16's 8-bit mantissa would put ~0.05 rad of
+    error into every sin/cos (no effect on the fp32 reference). Shared by forward, the hoisted sampler and the
+    merged U-Net; kernels/squash_block.py keeps its own copy as its reference (kernels/ imports no engine code).
+    """
+    with torch.autocast(z.device.type, enabled=False):
+        zb = 2 * math.pi * (z.float() @ fourier_b.float())  # (B, nz//2)
+    return torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1)
+
+
 class LatentUNet(nn.Module):
     """ε-network on latent vectors (`Diffusion_UnetA`, spec §1.4, Table S3): eps_hat = f(z_λ, λ, xemb).
 
@@ -163,11 +176,7 @@ class LatentUNet(nn.Module):
         temb = self.time_embedding(logsnr)  # (B, ntemb)
         ctx_act = F.silu(torch.cat([temb, xemb], dim=1))  # (B, ntemb + nemb); temb first
 
-        # Fourier features stay fp32 under autocast: the phases 2π·zB are O(10) rad, and bf16's 8-bit
-        # mantissa would put ~0.05 rad of error into every sin/cos (no effect on the fp32 reference).
-        with torch.autocast(z.device.type, enabled=False):
-            zb = 2 * math.pi * (z.float() @ self.fourier_B.float())  # (B, nz//2)
-        h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1)  # (B, 2·(nz//2) + nz)
+        h = fourier_features(z, self.fourier_B)  # (B, 2·(nz//2) + nz)
 
         skips: list[Tensor] = []
         for i, block in enumerate(self.enc):
@@ -202,9 +211,7 @@ class LatentUNet(nn.Module):
 
     def forward_given_context(self, z: Tensor, context: list[tuple[Tensor, Tensor]]) -> Tensor:
         """forward for z (B, nz) with every block's (gate, bias) (B, dim_out) given (one step of step_context)."""
-        with torch.autocast(z.device.type, enabled=False):
-            zb = 2 * math.pi * (z.float() @ self.fourier_B.float())  # (B, nz//2), fp32 as in forward
-        h = torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1)
+        h = fourier_features(z, self.fourier_B)
         blocks = self.blocks()
         skips: list[Tensor] = []
         for i in range(3):

@@ -28,16 +28,15 @@ forward's up to the GEMMs' summation order (tests: within 1e-6).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.models.amortizer import ConcatSquashBlock, LatentUNet
+from engine.models.amortizer import ConcatSquashBlock, LatentUNet, fourier_features
 
-__all__ = ["fourier_input", "merged_trunk", "merged_unet_forward", "stack_ctx_proj", "stack_gate_bias",
+__all__ = ["merged_trunk", "merged_unet_forward", "stack_ctx_proj", "stack_gate_bias",
            "stack_layer_skip"]
 
 _LRELU = 0.01  # LeakyReLU slope between the U-Net's blocks (spec §1.4)
@@ -58,21 +57,11 @@ def stack_layer_skip(block: ConcatSquashBlock) -> tuple[Tensor, Tensor]:
     return torch.cat([block.layer.weight, block.skip.weight]), torch.cat([block.layer.bias, block.skip.bias])
 
 
-def fourier_input(z: Tensor, fourier_b: Tensor) -> Tensor:
-    """h0 = [sin(2π zB), cos(2π zB), z] (B, 2·(nz//2) + nz) for z (B, nz), B (nz, nz//2).
-
-    The phases 2π·zB are O(10) rad: fp32 even under autocast, as in ``LatentUNet.forward`` (spec §1.4 note).
-    """
-    with torch.autocast(z.device.type, enabled=False):
-        zb = 2 * math.pi * (z.float() @ fourier_b.float())  # (B, nz//2)
-    return torch.cat([torch.sin(zb), torch.cos(zb), z], dim=1)
-
-
 def merged_trunk(h: Tensor, w_ls: Sequence[Tensor], b_ls: Sequence[Tensor], gates: Sequence[Tensor],
                  biases: Sequence[Tensor]) -> Tensor:
     """The seven blocks' z path with each block's layer and skip as one GEMM, up to the last block's GEMM.
 
-    h (B, dim_h0) = :func:`fourier_input`; w_ls[i] (2·out_i, in_i), b_ls[i] (2·out_i,) from
+    h (B, dim_h0) = :func:`~engine.models.amortizer.fourier_features`; w_ls[i] (2·out_i, in_i), b_ls[i] (2·out_i,) from
     :func:`stack_layer_skip`; gates[i], biases[i] (B, out_i) the context terms of the first six blocks (a seventh
     entry is ignored). Returns y (B, 2·nz) = [layer(h) | skip(h)] of the last block: the caller finishes it as
     ``y[:, :nz] * gate + bias + y[:, nz:]`` (the sampler in its fused epilogue kernel). Wiring as
@@ -119,7 +108,7 @@ def merged_unet_forward(unet: LatentUNet, z: Tensor, logsnr: Tensor, xemb: Tenso
         biases.append(gb[:, n:])
         start += n
     w_ls, b_ls = zip(*(stack_layer_skip(blk) for blk in blocks), strict=True)
-    y = merged_trunk(fourier_input(z, unet.fourier_B), w_ls, b_ls, gates, biases)  # (B, 2·nz)
+    y = merged_trunk(fourier_features(z, unet.fourier_B), w_ls, b_ls, gates, biases)  # (B, 2·nz)
     nz = y.shape[1] // 2
     h = y[:, :nz] * gates[6] + biases[6] + y[:, nz:]
     return z + h if unet.residual else h

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.models.amortizer import LatentUNet
-from engine.runtime.merged_unet import fourier_input, merged_trunk, stack_ctx_proj, stack_gate_bias, stack_layer_skip
+from engine.models.amortizer import LatentUNet, fourier_features
+from engine.runtime.merged_unet import merged_trunk, stack_ctx_proj, stack_gate_bias, stack_layer_skip
 
 __all__ = ["Context", "PackedUNet", "draw_context", "fused_unet_step", "pack_unet", "unet_trunk"]
 
@@ -94,7 +94,7 @@ def unet_trunk(z: Tensor, k: Tensor, fourier_b: Tensor, w_ls: Sequence[Tensor], 
     row = k.reshape(1)
     g = [t.index_select(0, row)[0] for t in gates]  # (B, out) each
     bb = [t.index_select(0, row)[0] for t in biases]
-    h = fourier_input(z, fourier_b).to(w_ls[0].dtype)  # phases in fp32 (spec §1.4 note), then the packed dtype
+    h = fourier_features(z, fourier_b).to(w_ls[0].dtype)  # phases in fp32 (spec §1.4 note), then the packed dtype
     return merged_trunk(h, w_ls, b_ls, g, bb)  # (B, 2·nz): the epilogue kernel finishes the last block
 
 
