@@ -46,12 +46,5 @@ def torch_backend() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Single-threaded torch for these elementwise-sized tests: on a loaded 2-core CI runner, OpenMP threads
-    spin-waiting on 10⁵-element ops cost more than they save (restored after each test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Single-threaded torch (the root conftest's ``one_thread``): the kernel tests' tensors are elementwise-sized."""

@@ -1,19 +1,10 @@
-"""Runtime tests run single-threaded: their tensors are small, and on a loaded 2-core runner OpenMP threads
-spin-waiting cost 10-100× more than they save (measured: 76 s → 6 s for test_sampler.py)."""
+"""Runtime tests run single-threaded (the root conftest's ``one_thread``): their tensors are small."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    pass
