@@ -29,7 +29,9 @@
 # is left (often nothing after slow tests): `bash bench/gpu_all.sh bench` in a second call gives them the budget.
 # `decide` (at most the budget; ≈ 5 min estimated from its stage limits, not yet run on a GPU) is for the switches written without a GPU (perf.sampler_kernel, combo_kernels, merge_unet;
 # `auto` leaves them off until measured): their GPU tests, the fast rows of the phases they change, their variants
-# (DAMC_DECIDE_VARIANTS, a pytest -k expression) and the profile; the report is a .smoke file beside the full one.
+# (DAMC_DECIDE_VARIANTS, a pytest -k expression; the Q updates and the sampling first, the whole iteration after
+# the profile) and the profile; the report is a .smoke file beside the full one. What the launch cuts should be
+# (counted offline by python -m bench.codegen): bench/results/codegen-torch-2.11.md.
 # The bench_kernels / bench_loaders rows of the first H100 run are not repeated (time); run them with
 # `pytest bench/bench_kernels.py bench/bench_loaders.py --benchmark-only` when there is time.
 # The exit code is non-zero if any stage failed or timed out.
@@ -97,9 +99,12 @@ if [ "$WHAT" = decide ]; then
   DAMC_BENCH_STREAM="$OUT/bench_main.jsonl" stage bench_main "$(limit 120 180)" "${PYTEST[@]}" bench/bench_phases.py \
     --benchmark-only -k "fast and (sample_damc_prior or damc_draw or amortizer_updates or train_iteration)" \
     "--benchmark-json=$OUT/bench_main.json"
-  DAMC_BENCH_STREAM="$OUT/bench_variants.jsonl" stage bench_variants "$(limit 150 60)" "${PYTEST[@]}" \
-    bench/bench_variants.py --benchmark-only -k "$DECIDE"
+  # the two missed targets' phases first; the whole iteration with what time is left (same stream, appended)
+  DAMC_BENCH_STREAM="$OUT/bench_variants.jsonl" stage bench_variants "$(limit 120 90)" "${PYTEST[@]}" \
+    bench/bench_variants.py --benchmark-only -k "($DECIDE) and not train_iteration"
   stage profile "$(limit 60 25)" "$PY" -m bench.profile --out "$OUT" --phases sample_damc_prior,amortizer_updates
+  DAMC_BENCH_STREAM="$OUT/bench_variants.jsonl" stage bench_variants_iteration "$(limit 90 25)" "${PYTEST[@]}" \
+    bench/bench_variants.py --benchmark-only -k "($DECIDE) and train_iteration"
   main="$OUT/bench_main.json"
   [ -s "$main" ] || main="$OUT/bench_main.jsonl"  # the stream, when the stage was cut short
   stage report 25 "$PY" -m bench.report --from-json "$main" --merge-json "$OUT/bench_variants.jsonl" \
