@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from bench.env import out_dir_problem
+
 REGIONS = ("q_update", "sampler_step")
 # Variants of perf.preset=fast whose launch counts decide issue 14 (overrides as perf.<name>="on").
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -390,10 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"bench.codegen: cannot use --out {args.out}: {err.strerror}", file=sys.stderr)
+    problem = out_dir_problem("bench.codegen", args.out)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     import triton
 

@@ -72,3 +72,12 @@ def environment(device: torch.device) -> dict[str, Any]:
             multiprocessors=int(props.multi_processor_count),
         )
     return info
+
+
+def out_dir_problem(prog: str, out: Path) -> str | None:
+    """Create a tool's ``--out`` directory; the one line to print when that is impossible (None: it exists now)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{prog}: cannot use --out {out}: {exc.strerror or exc}"
+    return None

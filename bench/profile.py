@@ -30,6 +30,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.env import out_dir_problem
 from bench.phases import PHASE_INFO, Sizes, bench_config, build_fast, phase_flops
 
 DEFAULT = ("posterior_chain", "amortizer_updates", "sample_damc_prior")
@@ -109,10 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"bench.profile: unknown phase(s) {unknown}; known: {', '.join(PHASE_INFO)}", file=sys.stderr)
         return 2
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"bench.profile: cannot use --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+    problem = out_dir_problem("bench.profile", args.out)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     device = torch.device(args.device)
     failed: list[str] = []
