@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -107,10 +108,26 @@ def entry_point(load_main: Callable[[], Callable[[], int]]) -> NoReturn:
     landed inside an exec() (dataclass creation during a lazy torch import) sets CPython's "unhandled
     KeyboardInterrupt" flag even though it was handled, and the interpreter would then end by re-raising SIGINT at
     exit; the status and the one line already printed are what the user gets instead.
+
+    The import may also swallow the KeyboardInterrupt: torch's C++ NumPy initialisation clears any error it meets
+    (seen with torch 2.11.0+cu130: a Ctrl-C 0.3 s in left NumPy half-imported, and the run failed later with an
+    AttributeError traceback). So a Ctrl-C during the import is remembered, whatever became of its exception.
     """
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         main = load_main()
     except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if interrupted:
         _error(_STARTUP_INTERRUPT)
         os._exit(EXIT_INTERRUPTED)
     code = main()

@@ -503,6 +503,31 @@ def test_a_real_ctrl_c_at_any_moment_of_start_up_is_one_line(tmp_path: Path, del
         checkpoint.load(checkpoint.latest_checkpoint(run))  # type: ignore[arg-type]
 
 
+def test_a_ctrl_c_that_an_import_swallows_is_still_one_line() -> None:
+    """torch 2.11's C++ NumPy initialisation clears a KeyboardInterrupt raised inside it, leaving NumPy half-imported:
+    the command must still stop with the start-up line (130), not run on into a traceback."""
+    code = textwrap.dedent("""
+        import os, signal, time
+        from engine.errors import entry_point
+
+        def load():
+            try:  # an import that swallows the interrupt, as torch's NumPy initialisation does
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                pass
+            def main():
+                raise AttributeError("module 'numpy._core' has no attribute '_multiarray_umath'")
+            return main
+
+        entry_point(load)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert "interrupted (Ctrl-C) during start-up" in one_error_line(proc.stderr)
+
+
 def test_a_failure_in_the_final_grids_never_costs_the_final_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     def full(*a, **k):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "samples_damc_0000003.png"))
