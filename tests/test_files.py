@@ -19,7 +19,7 @@ from engine.files import LineLog, atomic_write, remove_stale_temporaries, repair
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _FullDisk:
+class FullDisk:
     """A file whose write stores ``budget`` bytes in total, then raises ENOSPC (optionally after a short write)."""
 
     def __init__(self, f, budget: int) -> None:  # type: ignore[no-untyped-def]
@@ -51,7 +51,7 @@ def test_enospc_at_the_file_write_during_torch_save_leaves_the_old_file(tmp_path
     atomic_write(path, lambda f: torch.save({"old": torch.ones(3)}, f))
     before = path.read_bytes()
     real_fdopen = os.fdopen
-    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), budget))
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode), budget))
     with pytest.raises(OSError) as info:
         atomic_write(path, lambda f: torch.save({"new": torch.zeros(100_000)}, f))
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)

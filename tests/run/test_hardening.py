@@ -28,6 +28,7 @@ from engine.data import load_images
 from engine.run import checkpoint
 from engine.run.train import main
 from tests.run.test_resume import TINY  # the resume tests' tiny digits config
+from tests.test_files import FullDisk  # a file that fills the disk after a byte budget
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -85,28 +86,6 @@ def test_disk_full_at_a_metrics_append_stops_with_whole_lines_and_resumes(tmp_pa
     assert [r["loss_g"] for r in a] == [r["loss_g"] for r in b]  # the resumed run is the straight run
 
 
-class _FullDisk:
-    def __init__(self, f, budget: int) -> None:  # type: ignore[no-untyped-def]
-        self._f, self.budget = f, budget
-
-    def write(self, data) -> int:  # type: ignore[no-untyped-def]
-        data = bytes(data)
-        if len(data) > self.budget:
-            self._f.write(data[: self.budget])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.budget -= len(data)
-        return self._f.write(data)
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._f, name)
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-
-
 @pytest.mark.parametrize("budget", [0, 4096])
 def test_disk_full_inside_torch_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch, capsys,  # type: ignore[no-untyped-def]
                                                                    budget: int) -> None:
@@ -116,7 +95,7 @@ def test_disk_full_inside_torch_save_keeps_the_previous_checkpoint(tmp_path: Pat
     def fdopen(fd: int, mode: str):  # type: ignore[no-untyped-def]
         f = real_fdopen(fd, mode)
         name = os.readlink(f"/proc/self/fd/{fd}")
-        return _FullDisk(f, budget) if ".ckpt-0000004.pt." in name else f
+        return FullDisk(f, budget) if ".ckpt-0000004.pt." in name else f
 
     monkeypatch.setattr(files.os, "fdopen", fdopen)
     assert main([QUICK, *TINY, f"log.run_dir={run}", "log.checkpoint_every=2", "train.iterations=6"]) == 1
