@@ -399,25 +399,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     import triton
 
     versions = f"torch {torch.__version__}, triton {triton.__version__}, commit {_commit()}"
-    rows = []
+    rows, failed = [], []
     for region in regions:
         for variant in variants:
             if region == "sampler_step" and variant != "fast":
                 continue  # the training U-Net's switches do not touch the sampler's trunk
-            codes = count_region(region, VARIANTS[variant])
-            graphs = [count_launches(code) for code in codes]
+            try:
+                codes = count_region(region, VARIANTS[variant])
+                graphs = [count_launches(code) for code in codes]
+            except Exception as exc:  # noqa: BLE001 -- private torch internals moved: one line, the others still run
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                print(f"bench.codegen: {region} {variant} failed: {type(exc).__name__}: {first}", file=sys.stderr)
+                failed.append(f"{region} {variant}")
+                continue
             if args.keep_code:
-                for i, code in enumerate(codes):
-                    (args.out / f"codegen_{region}_{variant.replace('+', '_')}_{i}.py").write_text(code)
+                problem = _save({args.out / f"codegen_{region}_{variant.replace('+', '_')}_{i}.py": code
+                                 for i, code in enumerate(codes)})
+                if problem is not None:
+                    print(problem, file=sys.stderr)
+                    return 2
             rows.append({"region": region, "variant": variant, "total": sum(c.total for c in graphs),
                          "graphs": [dataclasses.asdict(c) | {"total": c.total} for c in graphs]})
             print(f"{region} {variant}: {rows[-1]['total']} launches {[c.total for c in graphs]}", flush=True)
-    text = report(rows, versions)
-    (args.out / "codegen.json").write_text(json.dumps({"versions": versions, "rows": rows}, indent=1) + "\n")
-    (args.out / "codegen.md").write_text(text)
-    print(text)
-    return 0
+    if rows:
+        text = report(rows, versions)
+        problem = _save({args.out / "codegen.json": json.dumps({"versions": versions, "rows": rows,
+                                                                 "failed": failed}, indent=1) + "\n",
+                         args.out / "codegen.md": text})
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 2
+        print(text)
+    return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _save(texts: dict[Path, str]) -> str | None:
+    """Write each file whole or not at all (engine.files.atomic_write: a full disk leaves the previous file); the
+    one line to print when a write fails (None: all written)."""
+    from engine.errors import describe_os_error
+    from engine.files import atomic_write
+
+    for path, text in texts.items():
+        try:
+            atomic_write(path, lambda f, text=text: f.write(text.encode()))
+        except OSError as exc:
+            return f"bench.codegen: {describe_os_error(exc)}"
+    return None

@@ -3,11 +3,14 @@ CUDA code generation itself, which needs no GPU."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+import engine.files as files
 from bench import codegen
+from tests.test_files import FullDisk
 
 # The shapes of line Inductor writes in a wrapper's call() (torch 2.11, CUDA), kernel sources before it.
 WRAPPER = '''
@@ -52,6 +55,41 @@ def test_unknown_region_or_variant_is_one_line(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "['decode']" in err and "q_update, sampler_step" in err
     assert not any(tmp_path.iterdir())
+
+
+def _fake_wrapper(region: str, switches: tuple[str, ...]) -> list[str]:
+    if switches == ("combo_kernels",):
+        raise AttributeError("module 'torch._inductor.fx_passes.joint_graph' has no attribute 'lazy_init'\nmore")
+    return [WRAPPER]
+
+
+def test_a_failing_region_is_one_line_and_the_others_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A torch whose internals moved fails one lowering: one line for it, the rest counted and written, exit 1."""
+    monkeypatch.setattr(codegen, "cuda_build_problem", lambda: None)
+    monkeypatch.setattr(codegen, "count_region", _fake_wrapper)
+    assert codegen.main(["--out", str(tmp_path), "--regions", "q_update",
+                         "--variants", "fast,combo_kernels"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("bench.codegen: q_update combo_kernels failed: AttributeError: module "
+                   "'torch._inductor.fx_passes.joint_graph' has no attribute 'lazy_init'\n")
+    saved = json.loads((tmp_path / "codegen.json").read_text())
+    assert [r["variant"] for r in saved["rows"]] == ["fast"] and saved["rows"][0]["total"] == 6
+    assert saved["failed"] == ["q_update combo_kernels"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_previous_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(codegen, "cuda_build_problem", lambda: None)
+    monkeypatch.setattr(codegen, "count_region", _fake_wrapper)
+    (tmp_path / "codegen.md").write_text("previous\n")
+    real_fdopen = files.os.fdopen
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode), 10))
+    assert codegen.main(["--out", str(tmp_path), "--regions", "q_update", "--variants", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device (disk full)" in err and "codegen.json" in err
+    assert (tmp_path / "codegen.md").read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codegen.md"]  # no temporaries, no half file
 
 
 @pytest.mark.skipif(codegen.cuda_build_problem() is None, reason="this torch is a CUDA build")
