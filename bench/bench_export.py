@@ -28,11 +28,11 @@ from bench.conftest import make_learner, measure, plan, sync
 from bench.phases import PAPER_BATCH_SAMPLE
 from engine.config import Config
 from engine.export.build import ExportSpec, export_sampler
-from engine.export.noise import NoiseStream, prior_noise
 from engine.export.runner import load_artifact
-from engine.learner import damc_prior_latents
+from engine.learners.damc import damc_prior_latents
 from engine.runtime import perf, system
 from engine.runtime.fast import build_chains
+from engine.sampling.noise import NoiseStream, prior_noise
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="export benchmarks need a CUDA GPU")
 

@@ -300,7 +300,7 @@ class Recorder:
 def count_region(region: str, switches: Sequence[str]) -> list[str]:
     """The wrapper code of each Inductor graph one call of ``region`` compiles (q_update: forward, backward)."""
     from bench.phases import bench_config
-    from engine.learner import build_learner
+    from engine.learners import build_learner
     from engine.runtime import perf, system
     from engine.runtime.fast import FastChains
     from engine.runtime.sampler import draw_context, pack_unet

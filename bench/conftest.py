@@ -26,7 +26,8 @@ from bench.env import environment
 from bench.phases import REPO, SMOKE_OVERRIDES, Sizes
 from bench.phases import bench_config as _bench_config
 from engine.config import Config
-from engine.learner import Learner, build_learner
+from engine.learners import build_learner
+from engine.learners.damc import DamcLearner as Learner
 from engine.runtime import system
 
 __all__ = ["REPO", "TINY", "make_learner", "synced", "sync", "measure", "plan"]

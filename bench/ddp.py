@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from bench.phases import REPO, bench_config
-from engine.learner import build_learner, train_step
+from engine.learners import build_learner
+from engine.learners.damc import train_step
 from engine.runtime import perf, system
 from engine.runtime.distributed import Distributed, from_env, rank_seed
 from engine.runtime.fast import build_chains

@@ -12,7 +12,7 @@ other. Work a configuration needs before it can run (compilation, CUDA-graph cap
 either in the builder (timed as ``build_s``) or in the first calls (timed as warm-up), never in the timed
 rounds.
 
-Both registered configurations share the phase bodies below. They mirror ``engine.learner.train_step`` and
+Both registered configurations share the phase bodies below. They mirror ``engine.learners.damc.train_step`` and
 go through ``learner.chains`` exactly as it does, so they differ only in how the engine was set up:
   * ``reference``: ``build_learner`` as is (ReferenceChains, eager fp32, TF32 off);
   * ``fast``: the engine's ``perf.preset: fast`` (``engine.runtime.perf.resolve`` → ``system.apply_perf`` →
@@ -32,10 +32,12 @@ from typing import Literal
 import torch
 
 from engine.config import Config, load_config
-from engine.learner import (
-    Learner,
+from engine.learners import build_learner
+from engine.learners.damc import (
+    DamcLearner as Learner,
+)
+from engine.learners.damc import (
     amortizer_updates,
-    build_learner,
     damc_prior_images,
     ema_update,
     energy_update,
@@ -95,15 +97,15 @@ PHASES: tuple[PhaseInfo, ...] = (
               "EMA amortizer ← 0.995·EMA + 0.005·Q over all parameters (foreach); runs once per 10 iterations, so "
               "the DAMC iteration's s/epoch adds a tenth of it"),
     PhaseInfo("train_iteration", "DAMC iteration", "train", 15.2 * _MIN / ITERATIONS_PER_EPOCH,
-              "engine.learner.train_step: the whole DAMC iteration (steps 1-9)", heavy=True),
+              "engine.learners.damc.train_step: the whole DAMC iteration (steps 1-9)", heavy=True),
     PhaseInfo("train_iteration_lebm", "short-run LEBM iteration", "train", 14.8 * _MIN / ITERATIONS_PER_EPOCH,
               "train_step with method=lebm: both chains from N(0, I), no amortizer", heavy=True),
     PhaseInfo("sample_damc_prior", "DAMC prior sampling", "sampling", 0.3,
-              "engine.learner.damc_prior_images: online amortizer, unconditional 100-step draw + G, batch 64"),
+              "engine.learners.damc.damc_prior_images: online amortizer, unconditional 100-step draw + G, batch 64"),
     PhaseInfo("sample_lebm_prior", "LEBM prior sampling (100 LD)", "sampling", 0.2,
               "N(0, I) + 100 Langevin steps on E + ½‖z‖² + G, batch 64"),
     PhaseInfo("sample_damc_posterior", "DAMC posterior sampling", "sampling", 1.0,
-              "engine.learner.reconstruct: conditional draw + 10 noise-free posterior steps + G, batch 64"),
+              "engine.learners.damc.reconstruct: conditional draw + 10 noise-free posterior steps + G, batch 64"),
     PhaseInfo("sample_lebm_posterior", f"LEBM posterior sampling ({LEBM_POSTERIOR_STEPS} LD)", "sampling", 8.0,
               f"reconstruct on the LEBM: N(0, I) + {LEBM_POSTERIOR_STEPS} noise-free posterior steps + G, batch 64",
               heavy=True),
@@ -209,7 +211,7 @@ def build_with_chains(cfg: Config, device: torch.device, wanted: Sequence[str],
         z_neg0 = torch.cat([z0, torch.randn(b, nz, generator=rng, device=device)])  # (2B, nz)
         keep = (torch.rand(b, generator=rng, device=device) >= d.p_uncond).to(x.dtype)
 
-        # The same public step functions engine.learner.train_step calls (steps 5-7).
+        # The same public step functions engine.learners.damc.train_step calls (steps 5-7).
         def amortizer_updates_phase() -> None:
             amortizer_updates(learner, x, z_pos, keep)
 

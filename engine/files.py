@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["LineLog", "atomic_write", "remove_stale_temporaries", "repair_torn_tail", "strict_json", "truncate_lines"]
+__all__ = ["LineLog", "atomic_write", "cache_root", "remove_stale_temporaries", "repair_torn_tail", "strict_json",
+           "truncate_lines"]
 
 
 class _Recording:
@@ -77,6 +78,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], mode: int = 0o64
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def cache_root() -> Path:
+    """The engine's cache directory: ``$DAMC_CACHE``, else ``~/.cache/damc`` (named after the project)."""
+    root = os.environ.get("DAMC_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "damc"
 
 
 def remove_stale_temporaries(directory: Path, names: Iterable[str]) -> list[str]:

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from engine.config import Config, load_config
-from engine.learner import (
-    Learner,
+from engine.learners import build_learner
+from engine.learners.damc import (
+    DamcLearner as Learner,
+)
+from engine.learners.damc import (
     _lr_at,
     amortizer_updates,
-    build_learner,
     damc_prior_images,
     damc_prior_latents,
     ema_update,
@@ -137,7 +139,7 @@ def test_ema_update_formula() -> None:
 
 def _legacy_amortizer_updates(learner: Learner, x: torch.Tensor, z_pos: torch.Tensor,
                               keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """engine.learner.amortizer_updates as it was at c18185d (draws interleaved with the updates), verbatim."""
+    """engine.learners.damc.amortizer_updates as it was at c18185d (draws interleaved with the updates), verbatim."""
     from engine.sampling.draws import amortizer_loss
 
     nets, d, o = learner.nets, learner.cfg.diffusion, learner.cfg.optim

@@ -2,7 +2,8 @@
 
 Protocols are spec ``damc.md`` §4, with the authors' code values as defaults:
 
-* **FID** (``fid`` = both, or ``fid_damc`` / ``fid_lebm``): 2048-d pool3 features of the pytorch-fid Inception
+* **FID** (``fid`` = every sample kind of the run's learner, or one ``fid_<kind>``, e.g. ``fid_damc``, ``fid_lebm``,
+  ``fid_ebm``): 2048-d pool3 features of the pytorch-fid Inception
   (:mod:`engine.eval.fid`), ``--fid-samples`` (50,000) generated images in batches of ``--batch`` (500), clamped to
   [−1, 1] then (x+1)/2, against the statistics of the first 50,000 training images (test transform, cached
   per dataset; an image folder, read class by class, gives a fixed random subset when it holds more).
@@ -44,14 +45,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import learners
 from engine.config import SEED_MAX, Config, SystemConfig, from_dict
 from engine.data import load_images, load_mnist_anomaly
 from engine.errors import OneLineParser, describe_os_error, run_cli
 from engine.eval import fid
 from engine.eval.chains import long_run_chains
 from engine.eval.metrics import EvalError, eval_auprc, eval_mse
+from engine.eval.table import format_table
 from engine.files import atomic_write, strict_json
-from engine.learner import Learner
+from engine.learners import Learner, SampleKind
+from engine.learners.damc import DamcLearner
 from engine.models import IMAGE_SHAPES
 from engine.run import checkpoint
 from engine.run.budget import check_fits
@@ -60,15 +64,10 @@ from engine.runtime import system
 
 __all__ = ["METRICS", "PAPER", "EvalError", "dataset_copy", "evaluate", "format_table", "main", "paper_figure"]
 
-METRICS = ("fid", "fid_damc", "fid_lebm", "mse", "auprc", "chains")
-
-# Spec §4 tables: paper figures per architecture (Table 1/2 of the paper) and per held-out MNIST digit (Table 3).
-PAPER: dict[str, dict[str, float]] = {
-    "cifar10": {"mse": 0.015, "fid_damc": 57.72, "fid_lebm": 60.89},
-    "svhn": {"mse": 0.002, "fid_damc": 18.76, "fid_lebm": 21.17},
-    "celeba64": {"mse": 0.005, "fid_damc": 30.83, "fid_lebm": 35.67},
-    "celebahq256": {"mse": 0.023, "fid_damc": 85.88, "fid_lebm": 89.54},
-}
+# ``fid`` and one ``fid_<kind>`` per sample kind of any registered learner (a run accepts its own kinds).
+METRICS = ("fid", *dict.fromkeys(f"fid_{k}" for m in learners.METHODS.values() for k in m.kinds), "mse", "auprc",
+           "chains")
+PAPER = learners.get(Config().method).paper  # the DAMC paper's (spec §4); each learner has its own (Method.paper)
 
 PAPER_AUPRC: dict[int, float] = {1: 0.684, 4: 0.911, 5: 0.939, 7: 0.801, 9: 0.705}
 
@@ -101,9 +100,11 @@ def dataset_copy(cfg: Config) -> str:
 
 def paper_figure(cfg: Config, metric: str) -> float | None:
     """The paper's number for this metric and setup, or None (e.g. the quickstart digits)."""
+    method = learners.get(cfg.method)
     if metric == "auprc":
-        return PAPER_AUPRC.get(cfg.data.heldout_digit) if cfg.model.arch == "mnist" else None
-    return PAPER.get(cfg.model.arch, {}).get(metric)
+        return PAPER_AUPRC.get(cfg.data.heldout_digit) if cfg.model.arch == "mnist" and "auprc" in method.metrics \
+            else None
+    return method.paper.get(cfg.model.arch, {}).get(metric)
 
 
 @dataclass
@@ -117,14 +118,15 @@ class _Plan:
     out: Path
 
 
-def _parse_metrics(text: str) -> list[str]:
+def _parse_metrics(text: str, kinds: tuple[str, ...] = ()) -> list[str]:
+    """The requested metrics in order, ``fid`` expanded to ``fid_<kind>`` for each of ``kinds``."""
     names = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in names if m not in METRICS]
     if bad or not names:
         raise EvalError(f"--metrics {text!r}: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(METRICS)}")
     out: list[str] = []
     for m in names:
-        for x in (["fid_damc", "fid_lebm"] if m == "fid" else [m]):
+        for x in ([f"fid_{k}" for k in kinds] if m == "fid" else [m]):
             if x not in out:
                 out.append(x)
     return out
@@ -195,13 +197,16 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise CheckpointError(f"{exc}{checkpoint.describe_fallback(run_dir, ckpt)}") from None
     cfg, iteration = from_dict(state["config"]), int(state["iteration"])
     del state
-    requested = args.metrics
-    metrics = _parse_metrics(requested)
-    explicit = {m.strip() for m in requested.split(",")}
-    if cfg.method != "damc" and "fid_damc" in metrics:
-        if "fid_damc" in explicit:
-            raise EvalError("--metrics fid_damc: this is an LEBM run (no amortizer); use fid_lebm")
-        metrics.remove("fid_damc")  # "fid" on an LEBM run means the LEBM FID only
+    method = learners.get(cfg.method)
+    metrics = _parse_metrics(args.metrics, method.kinds)
+    own = [f"fid_{k}" for k in method.kinds]
+    for m in metrics:
+        if m.startswith("fid_") and m not in own:
+            raise EvalError(f"--metrics {m}: this {cfg.method.upper()} run draws {', '.join(method.kinds)} samples; "
+                            f"use {' or '.join(own)} (or fid for all)")
+        if m in ("mse", "auprc", "chains") and m not in method.metrics:
+            raise EvalError(f"--metrics {m}: not defined for a {cfg.method.upper()} run; it has "
+                            f"{', '.join(['fid', *method.metrics])}")
     if "auprc" in metrics and cfg.data.source != "mnist":
         raise EvalError(f"--metrics auprc: anomaly detection needs an MNIST anomaly run (data.source mnist); this "
                         f"run uses {cfg.data.source!r} ({dataset_copy(cfg)})")
@@ -240,36 +245,6 @@ def _load_data(plan: _Plan, args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def _fmt(v: float | None, metric: str) -> str:
-    if v is None:
-        return "—"
-    if metric.startswith("fid"):
-        return f"{v:.2f}"
-    return f"{v:.4f}" if metric == "auprc" else f"{v:.5f}"
-
-_LABELS = {"mse": "MSE (test)", "fid_damc": "FID DAMC", "fid_lebm": "FID LEBM", "auprc": "AUPRC", "chains": "chains"}
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The printed table: metric, ours, the paper's figure, and the settings used."""
-    paper_head = f"paper ({report['paper_dataset']})" if report["paper_dataset"] else "paper"
-    rows = [("metric", "ours", paper_head, "settings")]
-    for name, m in report["metrics"].items():
-        label = _LABELS.get(name, name) + (f" (digit {m['digit']})" if name == "auprc" else "")
-        ours = "PNG" if name == "chains" else _fmt(m.get("value"), name)
-        paper = "—" if m.get("paper") is None else f"{m['paper']:g}"  # as printed in the paper
-        rows.append((label, ours, paper, m.get("settings", "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"run {report['run_dir']} ({Path(report['checkpoint']).name}, iteration {report['iteration']}, "
-             f"{report['method'].upper()}, arch {report['arch']})",
-             f"data: {report['dataset']}" + ("" if report["paper_dataset"] else "; the paper has no figure for it")]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
-    if report.get("notes"):
-        lines += [f"note: {n}" for n in report["notes"]]
-    return "\n".join(lines)
-
-
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the requested metrics; returns the report (also written to the JSON file)."""
     plan = _plan(args)
@@ -283,12 +258,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if args.checkpoint:
             raise
         raise CheckpointError(f"{exc}{checkpoint.describe_fallback(plan.run_dir, plan.ckpt)}") from None
-    learner.nets.generator.eval()
+    for net in learner.networks().values():
+        net.eval()  # no dropout in these networks; batch-statistics layers keep batch statistics by design
     sigma = args.sigma if args.sigma is not None else cfg.langevin.likelihood_sigma
     lebm_s = args.lebm_step_size if args.lebm_step_size is not None else cfg.eval.lebm_step_size
-    chain_s = args.chain_step_size if args.chain_step_size is not None else cfg.eval.lebm_step_size
-    init = (f"online amortizer conditional draw ({cfg.diffusion.n_steps} steps)" if cfg.method == "damc"
-            else "N(0, I)")
+    chain_s = args.chain_step_size
+    init, recon_how = learner.describe_reconstruct(args.recon_steps, args.recon_step_size, sigma)
     copy = dataset_copy(cfg)
     paper_data = cfg.model.arch in _PAPER_DATA
     # Real FID statistics first: a data problem there surfaces before any other metric has run.
@@ -298,7 +273,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     def rng() -> torch.Generator:  # one fixed-seed stream per metric: results do not depend on which ran before
         return system.make_generator(device, args.seed)
-
     for metric in plan.metrics:
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"paper": paper_figure(cfg, metric)}
@@ -309,9 +283,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                                       step_size=args.recon_step_size, sigma=sigma, rng=rng())
             entry.update(n_images=int(images.shape[0]), init=init, steps=args.recon_steps,
                          step_size=args.recon_step_size, sigma=sigma)
-            entry["settings"] = (f"{images.shape[0]} test images; {init} + {args.recon_steps} noise-free LD steps, "
-                                 f"s {args.recon_step_size:g}, sigma {sigma:g}")
+            entry["settings"] = f"{images.shape[0]} test images; {recon_how}"
         elif metric == "auprc":
+            assert isinstance(learner, DamcLearner)  # Method.metrics: the latent-EBM learners only (checked above)
             images, labels = data["auprc"]
             _say(f"AUPRC on {images.shape[0]} test images ({int(labels.sum())} anomalous) ...")
             entry["value"] = eval_auprc(learner, images, labels, batch_size=args.batch, n_steps=args.auprc_steps,
@@ -319,25 +293,24 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             entry.update(digit=cfg.data.heldout_digit, n_images=int(images.shape[0]),
                          n_anomalous=int(labels.sum()), init=init, steps=args.auprc_steps,
                          step_size=args.recon_step_size, sigma=sigma)
-            entry["settings"] = (f"{images.shape[0]} test images ({int(labels.sum())} anomalous); {init} + "
-                                 f"{args.auprc_steps} noise-free LD steps, s {args.recon_step_size:g}, "
-                                 f"sigma {sigma:g}; auc(recall, precision)")
+            how = learner.describe_reconstruct(args.auprc_steps, args.recon_step_size, sigma)[1]
+            entry["settings"] = f"{images.shape[0]} test images ({int(labels.sum())} anomalous); {how}; auc(recall, " \
+                                "precision)"
         elif metric.startswith("fid"):
             assert fid_ctx is not None
-            entry.update(_run_fid(metric, learner, args, lebm_s, rng(), fid_ctx))
-            if copy == "CIFAR-10, JPEG copy":
-                note = ("FID against the CIFAR-10 JPEG copy's statistics is biased relative to published CIFAR-10 "
-                        "FIDs (lossy copy); compare with care")
-                if note not in notes:
-                    notes.append(note)
+            entry.update(_run_fid(metric, learner, args, args.lebm_steps, lebm_s, rng(), fid_ctx))
+            note = ("FID against the CIFAR-10 JPEG copy's statistics is biased relative to published CIFAR-10 FIDs "
+                    "(lossy copy); compare with care")
+            if copy == "CIFAR-10, JPEG copy" and note not in notes:
+                notes.append(note)
         elif metric == "chains":
             _say(f"long-run chains {args.chain_steps} ...")
             res = long_run_chains(learner, plan.run_dir, steps=args.chain_steps, n_chains=args.chains,
                                   n_snapshots=args.snapshots, step_size=chain_s, rng=rng(),
                                   tag=f"_{learner.iteration:07d}")
-            entry.update(res, steps=args.chain_steps, step_size=chain_s, n_chains=args.chains)
+            entry.update(res, steps=args.chain_steps, step_size=res["step_size"], n_chains=args.chains)
             finals = ", ".join(f"{k} steps {v:.3f}" for k, v in res["final_energy"].items())
-            entry["settings"] = (f"{args.chains} chains from N(0, I), s {chain_s:g}; final mean energy {finals}; "
+            entry["settings"] = (f"{args.chains} chains: {res['describe']}; final mean energy {finals}; "
                                  f"{len(res['files'])} PNGs in {plan.run_dir}")
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         results[metric] = entry
@@ -388,10 +361,12 @@ def _prepare_fid(cfg: Config, args: argparse.Namespace, device: torch.device) ->
     return _FidContext(extractor, (mu, sig), n_real, ref, cache)
 
 
-def _run_fid(metric: str, learner: Learner, args: argparse.Namespace, lebm_s: float, rng: torch.Generator,
-             ctx: _FidContext) -> dict[str, Any]:
-    cfg = learner.cfg
-    kind = "damc" if metric == "fid_damc" else "lebm"
+def _run_fid(metric: str, learner: Learner, args: argparse.Namespace, lebm_steps: int, lebm_s: float,
+             rng: torch.Generator, ctx: _FidContext) -> dict[str, Any]:
+    name = metric[len("fid_"):]
+    kind: SampleKind = next(k for k in learner.sample_kinds() if k.name == name)
+    # The LEBM prior sampler's flags set its chain; another learner's chain keeps its own settings.
+    steps, step_size = (lebm_steps, lebm_s) if kind.override else (None, None)
     _say(f"{metric}: {args.fid_samples} samples in batches of {args.batch} ...")
     bar = None
     if not args.quiet:
@@ -403,22 +378,20 @@ def _run_fid(metric: str, learner: Learner, args: argparse.Namespace, lebm_s: fl
         if bar is not None:
             bar.update(n - bar.n)
 
-    value = fid.eval_fid(learner, kind, ctx.real, ctx.extractor, n=args.fid_samples, batch_size=args.batch, rng=rng,
-                     lebm_steps=args.lebm_steps, lebm_step_size=lebm_s, progress=progress)
+    value = fid.eval_fid(learner, name, ctx.real, ctx.extractor, n=args.fid_samples, batch_size=args.batch, rng=rng,
+                         steps=steps, step_size=step_size, progress=progress)
     if bar is not None:
         bar.close()
-    if kind == "damc":
-        sampler = f"online amortizer, unconditional (random null token), {cfg.diffusion.n_steps} steps"
-    else:
-        sampler = f"N(0, I) + {args.lebm_steps} Langevin steps, s {lebm_s:g}, noise on"
+    sampler = kind.settings(steps, step_size)
     out: dict[str, Any] = {
         "value": value, "n_fake": args.fid_samples, "n_real": ctx.n_real, "real_split": ctx.ref,
         "batch": args.batch, "sampler": sampler, "real_stats": str(ctx.cache) if ctx.cache else None,
         "network_sha256": ctx.extractor.sha256,
         "settings": f"{args.fid_samples} samples ({sampler}) vs {ctx.n_real} {ctx.ref} images",
     }
-    if kind == "lebm":
-        out.update(steps=args.lebm_steps, step_size=lebm_s)
+    if kind.chain:
+        out.update(steps=kind.steps if steps is None else steps,
+                   step_size=kind.step_size if step_size is None else step_size)
     return out
 
 
@@ -481,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chain-steps", default="200,2500", help="chain lengths")
     g.add_argument("--chains", type=int, default=8, help="chains per length (rows of the strip)")
     g.add_argument("--snapshots", type=int, default=10, help="points along each chain (columns)")
-    g.add_argument("--chain-step-size", type=float, help="default: the run's eval.lebm_step_size")
+    g.add_argument("--chain-step-size", type=float, help="default: the learner's chain (DAMC / LEBM: the run's "
+                   "eval.lebm_step_size)")
     return p
 
 

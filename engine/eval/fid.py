@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -50,8 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.data import load_images
-from engine.files import atomic_write
-from engine.learner import Learner, damc_prior_latents, lebm_prior_latents
+from engine.files import atomic_write, cache_root
+from engine.learners import Learner
 
 __all__ = [
     "INCEPTION_SHA256",
@@ -246,8 +245,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def stats_cache_dir() -> Path:
-    root = os.environ.get("DAMC_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "damc") / "fid_stats"
+    return cache_root() / "fid_stats"
 
 
 def _slug(text: str) -> str:
@@ -349,24 +347,21 @@ def real_stats(data_cfg: Any, image_shape: tuple[int, int, int], n: int, extract
 
 
 def fake_batches(learner: Learner, kind: str, n: int, batch_size: int, rng: torch.Generator, *,
-                 lebm_steps: int = 100, lebm_step_size: float = 0.4) -> Iterator[Tensor]:
-    """n generated images in [0, 1], batch by batch: G(z) clamped to [−1, 1], then (x+1)/2 (spec §4)."""
+                 steps: int | None = None, step_size: float | None = None) -> Iterator[Tensor]:
+    """n generated images of the learner's sample ``kind`` in [0, 1], batch by batch: clamped to [−1, 1], then
+    (x+1)/2 (spec §4). ``steps`` / ``step_size`` override a chain kind's Langevin (the LEBM prior sampler)."""
     done = 0
     while done < n:
         b = min(batch_size, n - done)
-        if kind == "damc":
-            z = damc_prior_latents(learner, b, rng)
-        else:
-            z = lebm_prior_latents(learner, b, lebm_steps, lebm_step_size, rng)
-        with torch.no_grad():
-            yield (learner.nets.generator(z).clamp(-1.0, 1.0) + 1.0) / 2.0
+        images = learner.sample(kind, b, rng, steps=steps, step_size=step_size)
+        yield (images.clamp(-1.0, 1.0) + 1.0) / 2.0
         done += b
 
 
 def eval_fid(learner: Learner, kind: str, real: tuple[np.ndarray, np.ndarray], extractor: Any, *, n: int,
-             batch_size: int, rng: torch.Generator, lebm_steps: int = 100, lebm_step_size: float = 0.4,
+             batch_size: int, rng: torch.Generator, steps: int | None = None, step_size: float | None = None,
              progress: Callable[[int], None] | None = None) -> float:
-    """FID of n DAMC (``kind='damc'``) or LEBM (``'lebm'``) samples against real statistics (μ, Σ)."""
-    batches = fake_batches(learner, kind, n, batch_size, rng, lebm_steps=lebm_steps, lebm_step_size=lebm_step_size)
+    """FID of n samples of ``kind`` (a :meth:`Learner.sample_kinds` name) against real statistics (μ, Σ)."""
+    batches = fake_batches(learner, kind, n, batch_size, rng, steps=steps, step_size=step_size)
     mu, sigma, _ = stats_of(batches, extractor, progress)
     return frechet_distance(mu, sigma, *real)

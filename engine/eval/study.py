@@ -36,7 +36,8 @@ from engine.data.pixels import u8_to_float
 from engine.eval.digits_features import DigitFeatures, FeatureSet, fid, kid, load_or_train_classifier
 from engine.eval.toy_study import parse_seeds
 from engine.files import atomic_write
-from engine.learner import Learner, damc_prior_latents, lebm_prior_latents, reconstruct
+from engine.learners.damc import DamcLearner as Learner
+from engine.learners.damc import damc_prior_latents, lebm_prior_latents, reconstruct
 from engine.run import checkpoint
 from engine.run.checkpoint import CheckpointError
 from engine.run.images import save_grid

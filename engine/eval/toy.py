@@ -7,7 +7,7 @@ The amortizer is the engine's latent diffusion sampler (``LatentUNet`` with nz =
 with a small MLP embedding of x in place of the image encoder. Each iteration draws a batch of x, initialises
 the posterior chains from the EMA amortizer, runs 50 Langevin steps (s 0.1) and distils the result back
 (6 AdamW updates). Sampler, ε-loss, chains and EMA are the engine's own (``engine.sampling.diffusion``,
-``engine.sampling.langevin``, ``engine.learner``), so this exercises exactly the code the image runs use.
+``engine.sampling.langevin``, ``engine.learners.damc``), so this exercises exactly the code the image runs use.
 
 Two setups share this loop: ``setup="engine"`` (the default: fresh pinwheel latents every iteration, the
 engine's x-encoder, G from its own generator) and ``setup="authors"``, the authors' ``toy_example.py`` exactly
@@ -83,7 +83,7 @@ from engine.eval.toy_problem import (
     posterior_langevin,
 )
 from engine.files import atomic_write
-from engine.learner import ema_update
+from engine.learners.damc import ema_update
 from engine.sampling.diffusion import SamplerTable, sampler_table
 from engine.sampling.draws import amortizer_loss, amortizer_sample
 

@@ -123,7 +123,7 @@ class ToyModel(nn.Module):
     ``x_encoder``: "engine" (Linear-SiLU-Linear) or "authors" (4 Linear layers 2→128→128→128→nemb with ReLU).
 
     Same interface as ``engine.models.Amortizer`` (``cond_embedding``, ``null_embedding``, ``forward``), so
-    ``engine.learner.amortizer_sample`` / ``amortizer_loss`` drive it unchanged.
+    ``engine.sampling.draws.amortizer_sample`` / ``amortizer_loss`` drive it unchanged.
     """
 
     def __init__(self, nemb: int = 128, ntemb: int = 128, nf: int = 4, x_dim: int = 2, nz: int = 2,

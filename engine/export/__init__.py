@@ -1,7 +1,7 @@
 """A trained run's DAMC prior sampler, outside training: draw images from it, export it.
 
 * :mod:`~engine.export.graphs`: the sampler as exportable graphs (per-step or whole), randomness as inputs;
-* :mod:`~engine.export.noise`: the per-sample noise stream every path consumes (engine, fast path, artifacts);
+* :mod:`~engine.sampling.noise`: the per-sample noise stream every path consumes (engine, fast path, artifacts);
 * :mod:`~engine.export.artifact`: the artifact directory, its ``sampler.json`` sidecar, atomic writes;
 * one module per format: :mod:`~engine.export.to_pt2`, :mod:`~engine.export.to_onnx`,
   :mod:`~engine.export.to_aoti`, :mod:`~engine.export.to_tensorrt`;

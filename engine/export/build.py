@@ -34,9 +34,9 @@ from engine.export.artifact import (
     write_sidecar,
 )
 from engine.export.graphs import GeneratorGraph, NullEmbeddingGraph, StepGraph, WholeGraph, decode, prior_latents
-from engine.export.noise import NoiseStream, PriorNoise, prior_noise
 from engine.export.runner import FORMAT_MODULES, load_artifact
-from engine.learner import Learner
+from engine.learners.damc import DamcLearner as Learner  # the exported prior sampler is DAMC's
+from engine.sampling.noise import NoiseStream, PriorNoise, prior_noise
 
 __all__ = ["ExportSpec", "GraphBundle", "build_graphs", "export_sampler", "non_aten_ops", "reference_images"]
 

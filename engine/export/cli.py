@@ -17,11 +17,14 @@ from typing import NoReturn
 
 import torch
 
+from engine import learners
 from engine.config import SystemConfig
 from engine.export.artifact import FORMATS, SIDECAR, ExportError, check_writable
 from engine.export.build import ExportSpec, export_sampler
 from engine.export.graphs import PRECISIONS
 from engine.export.runner import FORMAT_MODULES
+from engine.learners.base import article
+from engine.learners.damc import DamcLearner
 from engine.run import checkpoint
 from engine.run.checkpoint import CheckpointError
 from engine.runtime import system
@@ -139,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = _plan(args)
         learner = checkpoint.load_run(plan.run_dir, plan.spec.device, plan.ckpt)
-        if learner.nets.amortizer is None:
-            raise ExportError(f"{plan.run_dir} is an LEBM run (no amortizer): only a DAMC run's prior sampler can "
-                              "be exported; sample it with python -m engine.sample --method lebm")
+        method = learners.get(learner.cfg.method)
+        if not method.exportable or not isinstance(learner, DamcLearner):
+            can = ", ".join(m.name.upper() for m in learners.METHODS.values() if m.exportable)
+            raise ExportError(f"{plan.run_dir} is {article(method.name)} {method.name.upper()} run: only the prior "
+                              f"sampler of a {can} run can be exported; sample it with python -m engine.sample "
+                              f"--method {method.kinds[0]}")
         run_info = {"run_dir": str(plan.run_dir), "checkpoint": plan.ckpt.name, "iteration": learner.iteration,
                     "method": learner.cfg.method, "arch": learner.cfg.model.arch}
         s = plan.spec

@@ -2,7 +2,7 @@
 
 What is exported is the *prior sampler* of a trained run: the null-token embedding of ξ, the T-step
 unconditional ancestral sampler (the online amortizer, as ``engine.eval`` and the training grids use it) and G.
-Every random number is an input (:mod:`engine.export.noise`); the schedule is a constant table inside the graph;
+Every random number is an input (:mod:`engine.sampling.noise`); the schedule is a constant table inside the graph;
 the sampler step is the plain-torch reference :func:`engine.sampling.diffusion.ddpm_step` (the fused
 ``damc::ddpm_step`` op has no ONNX or TensorRT lowering and never appears here).
 
@@ -24,15 +24,13 @@ the schedule and the step arithmetic stay fp32 (the log-SNR terms underflow in f
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Protocol
-
 import torch
 from torch import Tensor, nn
 
-from engine.export.noise import PriorNoise
 from engine.models import Amortizer, Generator
-from engine.sampling.diffusion import SamplerTable, ancestral_sample, ddpm_step
+from engine.sampling.diffusion import SamplerTable, ddpm_step
+from engine.sampling.given import PriorNet, decode, precision_autocast, prior_latents
+from engine.sampling.noise import PriorNoise
 
 __all__ = [
     "PRECISIONS",
@@ -49,49 +47,6 @@ __all__ = [
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _COLUMNS = ("logsnr", "c_x0_z", "c_x0_eps", "c_mean_z", "c_mean_x0", "std")  # SamplerTable's fields, in order
-
-
-class PriorNet(Protocol):
-    """What the prior draw needs of an amortizer (:class:`engine.models.Amortizer` has both)."""
-
-    def null_embedding(self, xi: Tensor) -> Tensor:
-        """ξ (B, nz) -> xemb (B, nemb)."""
-        ...
-
-    def __call__(self, z: Tensor, logsnr: Tensor, xemb: Tensor) -> Tensor:
-        """ε̂ (B, nz) for z (B, nz), λ (B,), xemb (B, nemb)."""
-        ...
-
-
-def _autocast(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype)
-
-
-def prior_latents(net: PriorNet, table: SamplerTable, noise: PriorNoise, *, with_noise: bool = True,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """ẑ0 (B, nz) of the unconditional draw on given noise: xemb = null(ξ), then the ancestral sampler from z_T.
-
-    The same computation as :func:`engine.sampling.draws.amortizer_sample` with its random draws replaced by
-    ``noise`` (for fp32 it is the same arithmetic, op for op). ``with_noise=False`` is the config's
-    ``diffusion.sampler_noise: false`` (ε is then ignored).
-    """
-    device_type = noise.z.device.type
-    with _autocast(device_type, dtype):
-        xemb = net.null_embedding(noise.xi).float()
-
-    def denoise(z: Tensor, lam: Tensor) -> Tensor:
-        with _autocast(device_type, dtype):
-            return net(z, lam, xemb).float()
-
-    return ancestral_sample(denoise, noise.z, table, noise=noise.eps, with_noise=with_noise)
-
-
-def decode(generator: nn.Module, z: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """G(z): (B, nz) -> (B, C, H, W) fp32 in [−1, 1]."""
-    with _autocast(z.device.type, dtype):
-        return generator(z).float()
 
 
 class PriorNetView(nn.Module):
@@ -134,7 +89,7 @@ class NullEmbeddingGraph(nn.Module):
         self.dtype = PRECISIONS[precision]
 
     def forward(self, xi: Tensor) -> Tensor:
-        with _autocast(xi.device.type, self.dtype):
+        with precision_autocast(xi.device.type, self.dtype):
             return self.null_token(xi).float()
 
 
@@ -157,7 +112,7 @@ class StepGraph(nn.Module):
     def forward(self, k: Tensor, z: Tensor, xemb: Tensor, eps: Tensor) -> Tensor:
         row = _table_of(self.coeffs[k])  # columns of shape (1,)
         lam = row.logsnr.expand(z.shape[0])  # (B,)
-        with _autocast(z.device.type, self.dtype):
+        with precision_autocast(z.device.type, self.dtype):
             eps_hat = self.unet(z, lam, xemb).float()
         return ddpm_step(z, eps_hat, 0, row, eps)
 

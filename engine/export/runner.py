@@ -23,8 +23,8 @@ from torch import Tensor
 
 from engine.export import to_aoti, to_onnx, to_pt2, to_tensorrt
 from engine.export.artifact import CallableGraph, ExportError, Sidecar, read_sidecar
-from engine.export.noise import PriorNoise
 from engine.runtime.graphs import CapturedGraph
+from engine.sampling.noise import PriorNoise
 
 __all__ = ["FORMAT_MODULES", "ArtifactSampler", "check_loadable", "drive_per_step", "load_artifact"]
 

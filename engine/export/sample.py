@@ -1,17 +1,21 @@
 """``python -m engine.sample RUN_DIR --n N --out DIR``: images from a trained run's prior, or from an export.
 
-Methods (spec §4, as ``engine.eval`` draws its FID samples):
-* ``damc``: the online amortizer's unconditional draw (random null token ξ, the run's T-step ancestral sampler,
-  paper eq. 5), then G;
-* ``lebm``: z_0 ~ N(0, I), then ``--lebm-steps`` Langevin steps on E(z) + ½‖z‖² (paper eq. 3, noise on) at
-  ``--lebm-step-size`` (defaults: the run's ``eval.lebm_steps`` / ``eval.lebm_step_size``), then G.
+Methods (``--method``: the run learner's sample kinds, as ``engine.eval`` draws its FID samples; the first is the
+default):
+* a DAMC run: ``damc``, the online amortizer's unconditional draw (random null token ξ, the run's T-step ancestral
+  sampler, paper eq. 5), then G; or ``lebm``;
+* an LEBM run: ``lebm``, z_0 ~ N(0, I), then ``--lebm-steps`` Langevin steps on E(z) + ½‖z‖² (paper eq. 3, noise
+  on) at ``--lebm-step-size`` (defaults: the run's ``eval.lebm_steps`` / ``eval.lebm_step_size``), then G;
+* a CoopVAEBM run: ``ebm`` (the VAE's draw revised by the EBM's Langevin chain) or ``vae`` (the VAE's draw alone).
 
 Paths: on a GPU the engine's fast path (``perf.preset: fast`` through the learner's chains: bf16, CUDA graphs,
 fused kernels); on CPU (or ``--perf reference``) the eager fp32 reference; with ``--from-export DIR`` an
 artifact of ``python -m engine.export``, driven by :mod:`engine.export.runner`.
 
-Determinism: all noise comes from :mod:`engine.export.noise` (one seeded CPU stream, one draw per sample), so
-image i depends only on (``--seed``, i), whatever ``--batch``, ``--n``, device or path. The reference and an
+Determinism: all noise comes from :mod:`engine.sampling.noise` (one seeded CPU stream, one draw per sample), so
+image i depends only on (``--seed``, i), whatever ``--batch``, ``--n``, device or path (except where a network
+uses batch statistics, as CoopVAEBM's generator does: then on its batch too, said in the manifest). The reference
+and an
 fp32 export therefore give the same images up to float rounding (tests/export), and the fast path the same
 images up to bf16 rounding.
 
@@ -38,26 +42,24 @@ import torch
 from torch import Tensor
 
 import engine
+from engine import learners
 from engine.config import from_dict
 from engine.export.artifact import ExportError, check_writable, prior_weights_hash, read_sidecar
 from engine.export.cli import MAX_BATCH, OneLineParser, one_line, resolve_checkpoint, resolve_device
-from engine.export.graphs import decode, prior_latents
-from engine.export.noise import MAX_SEED, NoiseStream, langevin_noise, prior_noise
 from engine.export.runner import ArtifactSampler, check_loadable, load_artifact
 from engine.files import atomic_write
-from engine.learner import Learner
+from engine.learners import Learner
+from engine.learners.base import article
 from engine.models import IMAGE_SHAPES
 from engine.run import checkpoint
 from engine.run.checkpoint import CheckpointError
 from engine.run.images import save_grid, to_uint8
 from engine.runtime import perf, system
-from engine.runtime.fast import FastChains, build_chains
-from engine.sampling.langevin import energy_grad, langevin_chain, prior_energy
+from engine.sampling.noise import MAX_SEED, NoiseStream, prior_noise
 
 __all__ = ["FORMATS", "MAX_GRID", "MAX_N", "main", "sample"]
 
 FORMATS = ("png", "npz", "grid")
-METHODS = ("damc", "lebm")
 MAX_N = 10_000_000
 MAX_GRID = 1024  # images in one grid PNG
 MAX_NPZ_BYTES = 4 * 2**30  # an .npz is assembled in memory
@@ -76,7 +78,8 @@ def _parser() -> OneLineParser:
     p.add_argument("run_dir", help="a run directory written by python -m engine.train")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
-    p.add_argument("--method", help="damc (default for a DAMC run) or lebm (default for an LEBM run)")
+    p.add_argument("--method", help="the samples to draw, one of the run learner's kinds (DAMC run: damc (default) "
+                   "or lebm; LEBM run: lebm; CoopVAEBM run: ebm (default) or vae)")
     p.add_argument("--format", default="png", help="png (one file per image, default), npz or grid")
     p.add_argument("--batch", type=int, help="images per forward pass (default 64; an export's own batch)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0): image i depends on (seed, i) only")
@@ -112,8 +115,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
     """Every check that needs no network evaluation; raises ExportError with the fix."""
     if args.format not in FORMATS:
         raise ExportError(f"--format {args.format!r}: choose one of {', '.join(FORMATS)}")
-    if args.method is not None and args.method not in METHODS:
-        raise ExportError(f"--method {args.method!r}: choose one of {', '.join(METHODS)}")
+    known = [k for m in learners.METHODS.values() for k in m.kinds]
+    if args.method is not None and args.method not in known:
+        raise ExportError(f"--method {args.method!r}: choose one of {', '.join(dict.fromkeys(known))}")
     if args.perf not in ("fast", "reference"):
         raise ExportError(f"--perf {args.perf!r}: choose fast or reference")
     if not 1 <= args.n <= MAX_N:
@@ -132,21 +136,24 @@ def _plan(args: argparse.Namespace) -> _Plan:
     ckpt = resolve_checkpoint(run_dir, args.checkpoint)
     state = checkpoint.load(ckpt)  # CheckpointError on a corrupt file: before anything is written
     cfg = from_dict(state["config"])
-    damc_run = cfg.method == "damc"
-    if args.from_export and not damc_run:
-        raise ExportError(f"--from-export: {run_dir} is an LEBM run (no amortizer); pass the DAMC run the artifact "
+    run = learners.get(cfg.method)
+    a_run = f"{article(run.name)} {run.name.upper()} run"
+    if args.from_export and not run.exportable:
+        raise ExportError(f"--from-export: {run_dir} is {a_run} (no exportable sampler); pass the run the artifact "
                           "was exported from")
-    method = args.method or ("damc" if damc_run or args.from_export else "lebm")
-    if method == "damc" and not damc_run:
-        raise ExportError(f"--method damc: {run_dir} is an LEBM run (no amortizer); use --method lebm")
+    method = args.method or run.kinds[0]
+    if method not in run.kinds:
+        raise ExportError(f"--method {method}: {run_dir} is {a_run}, which draws {', '.join(run.kinds)}; use "
+                          f"--method {run.kinds[0]}")
     shape = IMAGE_SHAPES[cfg.model.arch]
     batch = args.batch or 64
     artifact = None
     tag = method
     device = resolve_device(args.device)
     if args.from_export:
-        if method != "damc":
-            raise ExportError("--from-export samples an exported DAMC prior sampler; drop --method lebm")
+        if method != run.kinds[0]:
+            raise ExportError(f"--from-export samples an exported {run.kinds[0].upper()} prior sampler; drop "
+                              f"--method {method}")
         artifact = Path(args.from_export)
         _, sidecar = read_sidecar(artifact)
         if args.batch is not None and args.batch > sidecar.batch:
@@ -191,37 +198,16 @@ def _use_fast_path(learner: Learner, device: torch.device, mode: str) -> str:
     if note:
         _say(note)
     system.apply_perf(plan, device)
-    learner.chains = build_chains(learner, plan)
+    learner.set_plan(plan)
     return plan.describe()
 
 
-def _damc_batch(learner: Learner, stream: NoiseStream, b: int, sampler: ArtifactSampler | None) -> Tensor:
-    noise = prior_noise(stream, b)
+def _batch(learner: Learner, kind: str, stream: NoiseStream, b: int, sampler: ArtifactSampler | None,
+           steps: int | None, step_size: float | None) -> Tensor:
+    """The next b images: through the artifact when one is loaded, else the learner's own seeded draw."""
     if sampler is not None:
-        return sampler.images(noise)
-    noise = noise.to(learner.device)
-    amortizer, chains = learner.nets.amortizer, learner.chains
-    assert amortizer is not None
-    with torch.no_grad():
-        if isinstance(chains, FastChains):
-            z = chains.uncond_draw(amortizer, b, noise=noise.eps, z_init=noise.z, xi=noise.xi)
-            with chains.autocast():
-                return learner.nets.generator(z).float()
-        z = prior_latents(amortizer, learner.table, noise, with_noise=learner.cfg.diffusion.sampler_noise)
-        return decode(learner.nets.generator, z)
-
-
-def _lebm_batch(learner: Learner, stream: NoiseStream, b: int, n_steps: int, step_size: float) -> Tensor:
-    z0, eps = (t.to(learner.device) for t in langevin_noise(stream, b))
-    chains = learner.chains
-    if isinstance(chains, FastChains):
-        z = chains.prior(z0, n_steps=n_steps, step_size=step_size, with_noise=True, noise=eps)
-        with torch.no_grad(), chains.autocast():
-            return learner.nets.generator(z).float()
-    energy = prior_energy(learner.nets.energy)
-    z = langevin_chain(z0, lambda zz: energy_grad(energy, zz), n_steps, step_size, noise=eps)
-    with torch.no_grad():
-        return decode(learner.nets.generator, z)
+        return sampler.images(prior_noise(stream, b))
+    return learner.sample_from(kind, stream, b, steps=steps, step_size=step_size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,10 +239,13 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
         path = f"export: {sampler.sidecar.format} {sampler.sidecar.structure}, {sampler.sidecar.precision}"
     else:
         path = _use_fast_path(learner, plan.device, args.perf)
-    learner.nets.generator.eval()
+    for net in learner.networks().values():
+        net.eval()
+    kind = next(k for k in learner.sample_kinds() if k.name == plan.method)
+    # The LEBM prior sampler's flags set its chain; another learner's chain keeps its own settings.
+    steps, step_size = (plan.lebm_steps, plan.lebm_step_size) if kind.override else (None, None)
     nz = learner.cfg.model.nz
-    width = learner.table.n_steps + 1 if plan.method == "damc" else 1 + plan.lebm_steps
-    stream = NoiseStream(args.seed, nz, width)
+    stream = NoiseStream(args.seed, nz, learner.noise_width(plan.method, steps))
     n, fmt = args.n, args.format
     digits = max(6, len(str(n - 1)))
     kept: list[np.ndarray] = []
@@ -271,10 +260,7 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
     try:
         while done < n:
             b = min(plan.batch, n - done)
-            if plan.method == "damc":
-                images = _damc_batch(learner, stream, b, sampler)
-            else:
-                images = _lebm_batch(learner, stream, b, plan.lebm_steps, plan.lebm_step_size)
+            images = _batch(learner, plan.method, stream, b, sampler, steps, step_size)
             u8 = to_uint8(images)  # (b, C, H, W); the one device->host copy per batch
             if fmt == "png":
                 for i in range(b):
@@ -312,8 +298,13 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
         "files": files if len(files) <= 4 else [files[0], "...", files[-1]],
         "noise": "engine/export/noise.py: torch.Generator(cpu).manual_seed(seed), one randn per sample",
     }
-    if plan.method == "lebm":
+    if kind.override:
         manifest.update(lebm_steps=plan.lebm_steps, lebm_step_size=plan.lebm_step_size)
+    elif kind.chain:
+        manifest.update(chain_steps=kind.steps, chain_step_size=kind.step_size)
+    if not kind.deterministic:
+        manifest["batch_dependent"] = ("the networks use batch statistics: image i depends on (seed, i) and on the "
+                                       "other images of its batch (--batch)")
     if plan.artifact is not None:
         manifest["artifact"] = str(plan.artifact)
     if sampler is not None and sampler.note:

@@ -1,9 +1,11 @@
 """Checkpoints that resume bit-for-bit, survive crashes and are checked before they are trusted.
 
-A checkpoint holds everything the next iteration reads: G, E, the amortizer and its EMA copy, every
-optimizer (with its LR), the iteration, the run's device RNG, the global CPU/CUDA RNGs, the data stream
-(epoch, position, permutation, its generator) and the resolved config. (The authors' resume silently
-drops E, its optimizer and the EMA amortizer, spec §5 item 8; we keep all of them.)
+A checkpoint holds everything the next iteration reads: every network and optimizer of the learner (for DAMC:
+G, E, the amortizer and its EMA copy, each optimizer with its LR; the names are the learner's, see
+:meth:`engine.learners.base.Learner.networks`), the iteration, the run's device RNG, the global CPU/CUDA RNGs,
+the data stream (epoch, position, permutation, its generator) and the resolved config, whose ``method`` says
+which learner wrote it. (The authors' DAMC resume silently drops E, its optimizer and the EMA amortizer, spec §5
+item 8; we keep all of them.)
 
 Files are ``ckpt-<iteration>.pt`` in the run directory, written through a temporary file that is fsynced
 and then renamed, so a crash (even ``kill -9``) leaves either the previous file set or the new complete
@@ -25,12 +27,13 @@ from typing import Any
 
 import torch
 
+from engine import learners
 from engine.config import ConfigError, from_dict, to_dict
 from engine.data.loaders import Loader
 from engine.errors import EXIT_STOPPED, UserError, describe_os_error
 from engine.files import atomic_write
-from engine.learner import Learner, build_learner
-from engine.run.budget import human_bytes
+from engine.learners import Learner, build_learner
+from engine.learners.memory import human_bytes
 from engine.runtime import system
 
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
@@ -81,26 +84,12 @@ def capture(learner: Learner, stream: Loader, ranks: list[dict[str, Any]] | None
     checkpoint alike; ranks 1.. go to ``rank_rngs`` beside ``world_size``. Networks, optimizers and the data
     position are the same on every rank (asserted at every checkpoint, ``engine.run.ranks``), so one copy serves.
     """
-    nets = learner.nets
-    state: dict[str, Any] = {
-        "format": 1,
-        "iteration": learner.iteration,
-        "config": to_dict(learner.cfg),
-        "generator": nets.generator.state_dict(),
-        "energy": nets.energy.state_dict(),
-        "opt_g": learner.opt_g.state_dict(),
-        "opt_e": learner.opt_e.state_dict(),
-        "rng": learner.rng.get_state(),
-        "cpu_rng": torch.get_rng_state(),
-        "data": stream.state_dict(),
-    }
+    state: dict[str, Any] = {"format": 1, "iteration": learner.iteration, "config": to_dict(learner.cfg)}
+    state.update({k: m.state_dict() for k, m in learner.networks().items()})
+    state.update({k: o.state_dict() for k, o in learner.optimizers().items()})
+    state.update(rng=learner.rng.get_state(), cpu_rng=torch.get_rng_state(), data=stream.state_dict())
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    if nets.amortizer is not None:
-        assert learner.amortizer_ema is not None and learner.opt_q is not None
-        state["amortizer"] = nets.amortizer.state_dict()
-        state["amortizer_ema"] = learner.amortizer_ema.state_dict()
-        state["opt_q"] = learner.opt_q.state_dict()
     if ranks is not None and len(ranks) > 1:
         state["world_size"] = len(ranks)
         state["rank_rngs"] = ranks[1:]
@@ -109,9 +98,7 @@ def capture(learner: Learner, stream: Loader, ranks: list[dict[str, Any]] | None
 
 def nonfinite_weights(learner: Learner) -> list[str]:
     """Names of networks holding a non-finite weight (one host sync; called before a checkpoint is written)."""
-    nets = {"generator": learner.nets.generator, "energy": learner.nets.energy, "amortizer": learner.nets.amortizer,
-            "amortizer_ema": learner.amortizer_ema}
-    named = [(k, m) for k, m in nets.items() if m is not None]
+    named = list(learner.networks().items())
     flags = torch.stack([torch.stack([torch.isfinite(p).all() for p in m.parameters()]).all() for _, m in named])
     return [k for (k, _), ok in zip(named, flags.tolist(), strict=True) if not ok]
 
@@ -130,8 +117,7 @@ def check_state(state: dict[str, Any], path: Path) -> None:
         cfg = from_dict(state["config"])
     except ConfigError as exc:
         raise _fail(path, f"its config is invalid ({exc})") from None
-    nets = ["generator", "energy"] + (["amortizer", "amortizer_ema"] if cfg.method == "damc" else [])
-    opts = ["opt_g", "opt_e"] + (["opt_q"] if cfg.method == "damc" else [])
+    nets, opts = learners.get(cfg.method).state_keys(cfg)
     for key in [*nets, *opts, "data"]:
         if not isinstance(state.get(key), dict):
             raise _fail(path, f"'{key}' is missing or not a mapping")
@@ -194,20 +180,13 @@ def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path 
     """
     where = path if path is not None else Path("(state)")
     check_world(state, world_size, where)
+    check_method(state, learner.method, where)
     rngs = state if rank == 0 else state["rank_rngs"][rank - 1]
-    nets = learner.nets
-    if nets.amortizer is not None and "amortizer" not in state:
-        raise _fail(where, "has no amortizer (it was written by an LEBM run); use method=lebm")
     try:
-        nets.generator.load_state_dict(state["generator"])
-        nets.energy.load_state_dict(state["energy"])
-        learner.opt_g.load_state_dict(state["opt_g"])
-        learner.opt_e.load_state_dict(state["opt_e"])
-        if nets.amortizer is not None:
-            assert learner.amortizer_ema is not None and learner.opt_q is not None
-            nets.amortizer.load_state_dict(state["amortizer"])
-            learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
-            learner.opt_q.load_state_dict(state["opt_q"])
+        for key, module in learner.networks().items():
+            module.load_state_dict(state[key])
+        for key, opt in learner.optimizers().items():
+            opt.load_state_dict(state[key])
         learner.rng.set_state(rngs["rng"])
         torch.set_rng_state(rngs["cpu_rng"])
         if "cuda_rng" in rngs and torch.cuda.is_available():
@@ -216,6 +195,14 @@ def restore(learner: Learner, stream: Loader, state: dict[str, Any], path: Path 
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise _fail(where, f"does not fit this run ({_first_line(exc)})") from None
     learner.iteration = int(state["iteration"])
+
+
+def check_method(state: dict[str, Any], method: str, path: Path) -> None:
+    """One line when a checkpoint was written by another method than the run that loads it."""
+    saved = state.get("config", {}).get("method")
+    if saved != method:
+        raise _fail(path, f"was written by a {saved} run; this run's method is {method} (set method={saved} to "
+                    "resume or evaluate it, or use another run directory)")
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
@@ -227,12 +214,11 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def estimate_bytes(learner: Learner) -> int:
-    """Rough checkpoint size: fp32 weights + two Adam moments per trained parameter + the EMA copy."""
-    nets = learner.nets
-    trained = sum(p.numel() for m in (nets.generator, nets.energy, nets.amortizer) if m is not None
-                  for p in m.parameters())
-    ema = sum(p.numel() for p in learner.amortizer_ema.parameters()) if learner.amortizer_ema is not None else 0
-    return 4 * (3 * trained + ema)
+    """Rough checkpoint size: fp32 weights of every network (EMA copies included) + two Adam moments per optimized
+    parameter."""
+    weights = sum(p.numel() for m in learner.networks().values() for p in m.parameters())
+    moments = sum(p.numel() for o in learner.optimizers().values() for g in o.param_groups for p in g["params"])
+    return 4 * (weights + 2 * moments)
 
 
 def check_writable(run_dir: Path, need_bytes: int) -> None:
@@ -332,14 +318,9 @@ def load_run(run_dir: Path, device: torch.device, path: Path | None = None) -> L
     state = load(path)
     cfg = from_dict(state["config"])
     learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
-    nets = learner.nets
     try:
-        nets.generator.load_state_dict(state["generator"])
-        nets.energy.load_state_dict(state["energy"])
-        if nets.amortizer is not None:
-            assert learner.amortizer_ema is not None
-            nets.amortizer.load_state_dict(state["amortizer"])
-            learner.amortizer_ema.load_state_dict(state["amortizer_ema"])
+        for key, module in learner.networks().items():
+            module.load_state_dict(state[key])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise _fail(path, f"does not fit its own config ({_first_line(exc)})") from None
     learner.iteration = int(state["iteration"])

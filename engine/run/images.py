@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from engine.files import atomic_write
-from engine.learner import Learner, damc_prior_latents, lebm_prior_latents, reconstruct
+from engine.learners import Learner
 from engine.runtime import system
 
 __all__ = ["make_grid", "save_grid", "to_uint8", "write_grids"]
@@ -106,21 +106,10 @@ def _grid_style(height: int) -> dict[str, int]:
 
 
 def write_grids(learner: Learner, x_test: torch.Tensor, run_dir: Path, seed: int) -> None:
-    """PNG grids with a fixed eval RNG, so successive grids differ only because the model changed."""
-    cfg = learner.cfg
+    """The learner's PNG grids (:meth:`Learner.grids`) with a fixed eval RNG, so successive grids differ only because
+    the model changed; ``<name>_<iteration>.png`` each."""
     rng = system.make_generator(learner.device, seed)
-    n, tag = cfg.eval.n_samples, f"{learner.iteration:07d}"
+    tag = f"{learner.iteration:07d}"
     style = _grid_style(x_test.shape[-1])
-    nets = learner.nets
-    with torch.no_grad():
-        if nets.amortizer is not None:
-            z_damc = damc_prior_latents(learner, n, rng)
-            save_grid(nets.generator(z_damc), run_dir / f"samples_damc_{tag}.png", **style)
-    z = lebm_prior_latents(learner, n, cfg.eval.lebm_steps, cfg.eval.lebm_step_size, rng)
-    with torch.no_grad():
-        save_grid(nets.generator(z), run_dir / f"samples_lebm_{tag}.png", **style)
-    recon = reconstruct(learner, x_test, cfg.eval.recon_steps, cfg.eval.recon_step_size, rng)
-    # Rows alternate: 8 test images, then their 8 reconstructions.
-    cols = 8
-    pairs = [t for i in range(0, x_test.shape[0], cols) for t in (x_test[i:i + cols], recon[i:i + cols])]
-    save_grid(torch.cat(pairs), run_dir / f"recon_{tag}.png", nrow=cols, **style)
+    for grid in learner.grids(x_test, rng):
+        save_grid(grid.images, run_dir / f"{grid.name}_{tag}.png", nrow=grid.nrow, **style)

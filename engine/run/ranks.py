@@ -22,7 +22,7 @@ import torch
 
 from engine.config import Config, ConfigError
 from engine.errors import EXIT_STOPPED, UserError
-from engine.learner import Learner
+from engine.learners import Learner
 from engine.runtime import system
 from engine.runtime.distributed import Distributed, from_env
 
@@ -79,16 +79,13 @@ def fingerprint(learner: Learner) -> list[float]:
     """Iteration, every optimizer's LR and step count, and per network the float64 sum and absolute sum of its
     weights: equal on every rank when the replicas are equal (one host read; checkpoint time only)."""
     values: list[float] = [float(learner.iteration)]
-    for opt in (learner.opt_g, learner.opt_e, learner.opt_q):
-        if opt is None:
-            continue
+    for opt in learner.optimizers().values():
         values.append(float(opt.param_groups[0]["lr"]))
         steps = [s["step"] for s in opt.state.values() if "step" in s]
         values.append(float(steps[0]) if steps else 0.0)
-    nets = [learner.nets.generator, learner.nets.energy, learner.nets.amortizer, learner.amortizer_ema]
     sums = [torch.stack([torch.cat([p.detach().double().flatten() for p in m.parameters()]).sum(),
                          torch.cat([p.detach().double().abs().flatten() for p in m.parameters()]).sum()])
-            for m in nets if m is not None]
+            for m in learner.networks().values()]
     values += torch.cat(sums).tolist()
     return values
 

@@ -30,7 +30,8 @@ __all__ = ["LOCK_NAME", "RunDirBusy", "RunLock", "prepare_metrics", "remove_stal
 
 LOCK_NAME = ".lock"
 # Final names whose atomic-write temporaries the trainer may leave behind (globs without the leading dot).
-TRAINER_FILES = ("ckpt-*.pt", "config.yaml", "samples_damc_*.png", "samples_lebm_*.png", "recon_*.png")
+# Grids are <name>_<7-digit iteration>.png whatever the learner names them (engine.learners.base.Grid).
+TRAINER_FILES = ("ckpt-*.pt", "config.yaml", "*_" + "[0-9]" * 7 + ".png")
 
 
 class RunDirBusy(UserError):

@@ -27,7 +27,7 @@ from engine.data.dali import dali_available
 from engine.data.loaders import Loader
 from engine.errors import EXIT_INTERRUPTED, EXIT_STOPPED, OneLineParser, UserError, describe_os_error, run_cli
 from engine.files import LineLog, atomic_write
-from engine.learner import Learner, build_learner, train_step
+from engine.learners import Learner, build_learner
 from engine.run import checkpoint, ranks
 from engine.run.budget import check_fits
 from engine.run.guard import DivergenceGuard
@@ -37,7 +37,6 @@ from engine.run.signals import StopSignals
 from engine.run.startup import Start, create_run_dir, load_data, open_run, resolve_layout, undo_create
 from engine.runtime import perf, system
 from engine.runtime.distributed import Distributed, DistributedError, rank_seed
-from engine.runtime.fast import build_chains
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
@@ -68,6 +67,11 @@ def _host_metrics(metrics: dict[str, torch.Tensor], dist: Distributed) -> dict[s
     keys = sorted(metrics)
     values = dist.mean_(torch.stack([metrics[k].float() for k in keys])).tolist()
     return dict(zip(keys, values, strict=True))
+
+
+def train_step(learner: Learner, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One training iteration of whichever learner the run has (the loop's one call into the method)."""
+    return learner.train_step(x)
 
 
 class _Diverged(Exception):
@@ -251,7 +255,7 @@ def _run(cfg: Config, run_dir: Path, lock: RunLock | None, learner: Learner, str
 
     try:
         tb = ranks.together(dist, prepare, "start-up")
-        learner.chains = build_chains(learner, plan)  # after restore: graphs capture the restored weights in place
+        learner.set_plan(plan)  # after restore: graphs capture the restored weights in place
         return _loop(cfg, run_dir, learner, stream, loader_kind, plan, n_train, x_test, tb, dist)
     finally:
         if lock is not None:
@@ -339,7 +343,7 @@ def _loop(cfg: Config, run_dir: Path, learner: Learner, stream: Loader, loader_k
                         host = _host_metrics(metrics, dist)
                         record = {"iteration": it, "time_s": round(now - t_start, 3),
                                   "it_per_s": round((it - last_it) / max(now - t_last, 1e-9), 4),
-                                  "lr_g": learner.opt_g.param_groups[0]["lr"], **host}
+                                  **learner.learning_rates(), **host}
                         log.append(json.dumps(record, allow_nan=False))
                         last_logged = it
                         if tb is not None:

@@ -39,7 +39,7 @@ IterationBody = Callable[[Tensor], dict[str, Tensor]]  # x (B, C, H, W) -> devic
 
 
 class LoopState(Protocol):
-    """What the loops read from the learner (:class:`engine.learner.Learner` has these attributes).
+    """What the loops read from the learner (:class:`engine.learners.damc.DamcLearner` has these attributes).
 
     The chains keep a reference to it rather than copies: optimizers, the EMA update, ``load_state_dict`` and
     ``Generator.set_state`` all write in place, so the loops always see the current weights and RNG.

@@ -1,10 +1,10 @@
 """The whole training iteration as one CUDA graph (issue 14 item 3; ``perf.iteration_graph``), and side streams
 for its independent parts (``perf.side_streams``).
 
-Steps 1-7 of Algorithm 1 (``engine.learner.iteration_updates``: mask, conditional draw, posterior and prior chains,
-the M amortizer updates, the G and E updates) are device work only, so they are captured once per batch shape and
-replayed every iteration: one launch instead of ~10⁴. While the body runs for the capture (and its warm-up), every
-loop of :class:`~engine.runtime.fast.FastChains` runs inline instead of replaying its own graph
+Steps 1-7 of Algorithm 1 (``engine.learners.damc.iteration_updates``: mask, conditional draw, posterior and prior
+chains, the M amortizer updates, the G and E updates) are device work only, so they are captured once per batch
+shape and replayed every iteration: one launch instead of ~10⁴. While the body runs for the capture (and its
+warm-up), every loop of :class:`~engine.runtime.fast.FastChains` runs inline instead of replaying its own graph
 (:attr:`IterationGraphs.capturing`). What this needs and how it is met:
 
 * randomness: the body draws only from the run's generator ``learner.rng``, registered with the graph (every

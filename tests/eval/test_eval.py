@@ -127,7 +127,7 @@ def test_fake_batches_are_clamped_unit_images_in_the_requested_count(learner) ->
     rng = system.make_generator(torch.device("cpu"), 0)
     sizes, lo, hi = [], 1.0, 0.0
     for kind in ("damc", "lebm"):
-        for b in fake_batches(learner, kind, 23, 10, rng, lebm_steps=3, lebm_step_size=0.4):
+        for b in fake_batches(learner, kind, 23, 10, rng, steps=3, step_size=0.4):
             sizes.append(b.shape[0])
             lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
             assert b.shape[1:] == (1, 8, 8)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.learner import Learner
+from engine.learners.damc import DamcLearner as Learner
 from engine.run import checkpoint
 from engine.run.train import main as train_main
 

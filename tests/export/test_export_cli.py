@@ -64,7 +64,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "missing checkpoint": ([*BASE, "--checkpoint", "{tmp}/nope.pt"], "", "--checkpoint {tmp}/nope.pt: no such file"),
     "corrupt checkpoint": ([*BASE, "--checkpoint", "{tmp}/ckpt-0000009.pt"], "corrupt",
                            "checkpoint {tmp}/ckpt-0000009.pt: "),
-    "lebm run": (["{lebm}", *BASE[1:]], "", "LEBM run (no amortizer)"),
+    "lebm run": (["{lebm}", *BASE[1:]], "", "is an LEBM run: only the prior sampler of a DAMC run can be exported"),
     "out is a file": (BASE, "out-file", "exists and is not a directory"),
     "force on a foreign directory": ([*BASE, "--force"], "out-dir", "--force replaces only an earlier export"),
     "cuda without a GPU": ([*BASE, "--device", "cuda"], "", "no CUDA device is visible"),

@@ -16,10 +16,10 @@ from engine.export.graphs import (
     decode,
     prior_latents,
 )
-from engine.export.noise import NoiseStream, PriorNoise, langevin_noise, prior_noise
 from engine.export.runner import drive_per_step
-from engine.learner import Learner
+from engine.learners.damc import DamcLearner as Learner
 from engine.sampling.draws import amortizer_sample
+from engine.sampling.noise import NoiseStream, PriorNoise, langevin_noise, prior_noise
 
 CPU = torch.device("cpu")
 

@@ -22,10 +22,10 @@ from export_support import export  # noqa: E402
 
 from engine.export.artifact import read_sidecar  # noqa: E402
 from engine.export.build import reference_images  # noqa: E402
-from engine.export.noise import NoiseStream, prior_noise  # noqa: E402
 from engine.export.runner import load_artifact  # noqa: E402
 from engine.export.to_onnx import OPSET, operator_types  # noqa: E402
 from engine.run import checkpoint  # noqa: E402
+from engine.sampling.noise import NoiseStream, prior_noise  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -11,9 +11,9 @@ from export_support import export
 
 from engine.export.artifact import SIDECAR, read_sidecar
 from engine.export.build import reference_images
-from engine.export.noise import NoiseStream, prior_noise
 from engine.export.runner import load_artifact
 from engine.run import checkpoint
+from engine.sampling.noise import NoiseStream, prior_noise
 
 CPU = torch.device("cpu")
 

@@ -18,11 +18,11 @@ from PIL import Image
 from engine.export import sample as sample_module
 from engine.export.build import reference_images
 from engine.export.graphs import decode
-from engine.export.noise import NoiseStream, langevin_noise, prior_noise
 from engine.export.sample import main
 from engine.run import checkpoint
 from engine.run.images import to_uint8
 from engine.sampling.langevin import energy_grad, langevin_chain, prior_energy
+from engine.sampling.noise import NoiseStream, langevin_noise, prior_noise
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -112,8 +112,8 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "n absurd": ([*BASE, "--n", "99999999999"], "", "--n 99999999999: must be between 1 and 10,000,000"),
     "batch 0": ([*BASE, "--batch", "0"], "", "--batch 0: must be between 1 and 65536"),
     "unknown format": ([*BASE, "--format", "jpeg"], "", "--format 'jpeg': choose one of png, npz, grid"),
-    "unknown method": ([*BASE, "--method", "vae"], "", "--method 'vae': choose one of damc, lebm"),
-    "damc on an lebm run": (["{lebm}", *BASE[1:], "--method", "damc"], "", "is an LEBM run (no amortizer); use "
+    "unknown method": ([*BASE, "--method", "gan"], "", "--method 'gan': choose one of damc, lebm"),
+    "damc on an lebm run": (["{lebm}", *BASE[1:], "--method", "damc"], "", "is an LEBM run, which draws lebm; use "
                             "--method lebm"),
     "seed negative": ([*BASE, "--seed", "-1"], "", "--seed -1: must be between 0 and 2**63 - 1"),
     "grid too big": ([*BASE, "--n", "5000", "--format", "grid"], "", "one grid holds at most 1024 images"),
@@ -130,7 +130,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "export without sidecar": ([*BASE, "--from-export", "{tmp}"], "", "no sampler.json there"),
     "export sidecar corrupt": ([*BASE, "--from-export", "{tmp}/art"], "bad-sidecar", "unreadable sampler.json"),
     "export on an lebm run": (["{lebm}", *BASE[1:], "--from-export", "{tmp}/art"], "sidecar",
-                              "is an LEBM run (no amortizer); pass the DAMC run"),
+                              "is an LEBM run (no exportable sampler); pass the run the artifact was exported from"),
     "export and lebm": ([*BASE, "--from-export", "{tmp}/art", "--method", "lebm"], "sidecar",
                         "drop --method lebm"),
     "cuda without a GPU": ([*BASE, "--device", "cuda"], "", "no CUDA device is visible"),
@@ -183,7 +183,7 @@ def test_an_export_of_another_checkpoint_is_refused(damc_run: Path, damc_run_100
 def test_ctrl_c_keeps_the_complete_files_and_says_so(damc_run: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    real, calls = sample_module._damc_batch, []
+    real, calls = sample_module._batch, []
 
     def interrupted_second_batch(*a: object, **k: object) -> torch.Tensor:
         calls.append(1)
@@ -191,7 +191,7 @@ def test_ctrl_c_keeps_the_complete_files_and_says_so(damc_run: Path, tmp_path: P
             raise KeyboardInterrupt
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sample_module, "_damc_batch", interrupted_second_batch)
+    monkeypatch.setattr(sample_module, "_batch", interrupted_second_batch)
     out = tmp_path / "o"
     assert main([str(damc_run), "--n", "6", "--batch", "2", "--out", str(out), "--quiet"]) == 130
     err = capsys.readouterr().err.strip()

@@ -42,9 +42,9 @@ else:
 @pytest.mark.parametrize("structure", ["per-step", "whole"])
 def test_tensorrt_engine_matches_the_engine(damc_run: Path, tmp_path: Path, structure: str) -> None:
     from engine.export.build import ExportSpec, export_sampler, reference_images
-    from engine.export.noise import NoiseStream, prior_noise
     from engine.export.runner import load_artifact
     from engine.run import checkpoint
+    from engine.sampling.noise import NoiseStream, prior_noise
 
     cuda = torch.device("cuda")
     learner = checkpoint.load_run(damc_run, cuda)

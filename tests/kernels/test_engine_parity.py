@@ -140,7 +140,7 @@ def test_fast_chains_hooks_kernels_on_off(triton_backend: None) -> None:
     tests/test_chains.py's business."""
     chains = pytest.importorskip("engine.runtime.fast")
     from engine.config import load_config
-    from engine.learner import build_learner
+    from engine.learners import build_learner
     from engine.runtime import system
     from engine.runtime.perf import PerfPlan
 
@@ -178,7 +178,7 @@ def test_fast_chains_sampler_kernel_on_off(triton_backend: None) -> None:
     step ran."""
     import kernels.squash_block as ksb
     from engine.config import load_config
-    from engine.learner import build_learner
+    from engine.learners import build_learner
     from engine.runtime import system
     from engine.runtime.fast import FastChains
     from engine.runtime.perf import PerfPlan

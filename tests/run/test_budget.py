@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.config import ConfigError, load_config
-from engine.learner import build_learner
+from engine.learners import build_learner
 from engine.run import budget
 from engine.run.train import main
 from engine.runtime import system

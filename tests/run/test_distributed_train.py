@@ -191,7 +191,7 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path: Path) -> Non
 
 
 def test_linear_lr_scaling_is_off_by_default_and_bounded() -> None:
-    from engine.learner import base_learning_rates
+    from engine.learners.damc import base_learning_rates
 
     cfg = load_config(QUICK, TINY)
     assert base_learning_rates(cfg) == (cfg.optim.g_lr, cfg.optim.e_lr, cfg.optim.q_lr)

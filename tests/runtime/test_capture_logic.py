@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from engine.config import load_config
-from engine.learner import Learner, build_learner, damc_prior_images, reconstruct, train_step
+from engine.learners import build_learner
+from engine.learners.damc import DamcLearner as Learner
+from engine.learners.damc import damc_prior_images, reconstruct, train_step
 from engine.runtime import system
 from engine.runtime.fast import FastChains
 from engine.runtime.graphs import Restorable, frozen

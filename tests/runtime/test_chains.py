@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from engine.config import Config, PerfConfig, load_config
-from engine.learner import Learner, build_learner, train_step
+from engine.learners import build_learner
+from engine.learners.damc import DamcLearner as Learner
+from engine.learners.damc import train_step
 from engine.runtime import system
 from engine.runtime.chains import ReferenceChains
 from engine.runtime.fast import FastChains, build_chains

@@ -229,7 +229,8 @@ def _updated_parameters(d: Distributed | None) -> dict[str, torch.Tensor]:
     from pathlib import Path
 
     from engine.config import load_config
-    from engine.learner import build_learner, energy_update, generator_update
+    from engine.learners import build_learner
+    from engine.learners.damc import energy_update, generator_update
     from engine.runtime import system
     from engine.runtime.updates import UpdateNoise, amortizer_updates_given, optimizer_step, q_loss_given
 
@@ -292,7 +293,7 @@ def _initial_parameters() -> dict[str, torch.Tensor]:
     from pathlib import Path
 
     from engine.config import load_config
-    from engine.learner import build_learner
+    from engine.learners import build_learner
     from engine.runtime import system
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml", TINY)
@@ -327,7 +328,7 @@ def _replica_check(d: Distributed) -> list[str]:
     from pathlib import Path
 
     from engine.config import load_config
-    from engine.learner import build_learner
+    from engine.learners import build_learner
     from engine.run.ranks import ReplicaMismatch, check_replicas
     from engine.runtime import system
 

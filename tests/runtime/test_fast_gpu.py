@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from engine.config import load_config
-from engine.learner import (
-    Learner,
-    build_learner,
+from engine.learners import build_learner
+from engine.learners.damc import (
+    DamcLearner as Learner,
+)
+from engine.learners.damc import (
     damc_prior_images,
     damc_prior_latents,
     lebm_prior_latents,

@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.config import PerfConfig, load_config
-from engine.learner import build_learner
+from engine.learners import build_learner
 from engine.models.amortizer import LatentUNet
 from engine.runtime import system
 from engine.runtime.fast import FastChains

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.config import load_config
-from engine.learner import build_learner
+from engine.learners import build_learner
 from engine.models import Amortizer
 from engine.runtime import system
 from engine.runtime.fast import FastChains

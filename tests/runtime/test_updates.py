@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from engine.config import Config, load_config
-from engine.learner import Learner, build_learner, set_learning_rates
+from engine.learners import build_learner
+from engine.learners.damc import DamcLearner as Learner
+from engine.learners.damc import set_learning_rates
 from engine.runtime import system
 from engine.runtime.fast import FastChains
 from engine.runtime.graphs import GeneratorProxy
