@@ -16,6 +16,11 @@ from engine.sampling.image_langevin import (
 from engine.sampling.langevin import langevin_update
 
 SHAPE = (5, 3, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread: None) -> None:
+    """Single-threaded torch (the root conftest's ``one_thread``): small tensors on a shared 2-core runner."""
 EPS32 = torch.finfo(torch.float32).eps
 
 
