@@ -6,8 +6,8 @@
 * :class:`FastImageChains`: the same maths with what a :class:`~engine.runtime.perf.PerfPlan` enables, on the
   machinery of :mod:`engine.runtime.fast` (read its docstring for the why of each choice):
 
-  - ``amp``: the energy network's forward under bf16 autocast; x, ∇V's accumulation into x, the update and the
-    energies (cast before the sum) stay fp32;
+  - ``amp``: the energy network's forward under bf16 autocast; x (so ∇V too), the update and the energies (cast
+    before their sum) stay fp32;
   - ``compile``: the energy's forward (and, through AOTAutograd, its backward) compiled with
     ``fullgraph=True, dynamic=False``; ``autograd.grad`` stays eager (Dynamo does not trace ``requires_grad_()``);
   - ``kernels``: the update by the existing fused op ``kernels.langevin_update.langevin_update`` (which honours
@@ -20,8 +20,9 @@
 
 The energy's parameters (``freeze``) are kept out of autograd while a chain runs or is captured, on both paths: a
 chain needs ∂V/∂x only, and a compiled energy's backward would otherwise also compute every weight gradient
-(``engine.runtime.fast.FastChains._run``). The fast path draws all K steps' ε at once, so for the same generator
-its noise is not the reference's; equivalence is tested for fixed noise. No host syncs in a chain: step counts,
+(``engine.runtime.fast.FastChains._run``). The fast path draws all K steps' ε at once (on a GPU, graph-safe Philox
+offsets differ again), so for the same generator its noise is not the reference's; equivalence is tested for fixed
+noise (tests/runtime/test_image_chains.py). No host syncs in a chain: step counts,
 step sizes and σ_ref are Python floats of the config.
 """
 
