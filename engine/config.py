@@ -39,11 +39,12 @@ from engine.schema import doc as _opt
 from engine.schema import num as _num
 from engine.schema import section as _section
 
-__all__ = ["RESUMABLE_CHANGES", "SEED_MAX", "ChainConfig", "Config", "ConfigError", "DataConfig", "DiffusionConfig",
-           "EvalConfig", "LangevinConfig", "LogConfig", "ModelConfig", "OptimConfig", "PerfConfig", "SystemConfig",
-           "TrainConfig", "describe_fields", "dump_config", "from_dict", "load_config", "parse_override",
-           "resume_differences", "to_dict", "validate"]
+__all__ = ["RESUMABLE_CHANGES", "SEED_MAX", "ChainConfig", "Config", "ConfigError", "CoopVAEConfig", "DataConfig",
+           "DiffusionConfig", "EvalConfig", "LangevinConfig", "LogConfig", "ModelConfig", "OptimConfig", "PerfConfig",
+           "SystemConfig", "TrainConfig", "describe_fields", "dump_config", "from_dict", "load_config",
+           "parse_override", "resume_differences", "to_dict", "validate"]
 
+COOPVAE_ARCHS = ("cifar10", "digits")  # engine.models.coopvae.COOPVAE_ARCHS (a test keeps the two equal)
 SEED_MAX = 2**32 - 1  # seeds are offset (+1 for grids, +1,000,003 per rollback) and must stay within 64 bits
 
 
@@ -196,6 +197,30 @@ class SystemConfig:
                                  "ranks before the job stops with an error (a rank that died or hangs)")
 
 
+@dataclass
+class CoopVAEConfig:
+    """CoopVAEBM (``method: coopvae``; Xie, Zheng, Li, AAAI 2021): a VAE amortizes the EBM's image-space chains.
+    Defaults are the authors' released code (jianwen-xie/CoopVAEBM, main.py / model/model.py; every number with its
+    source in docs/methods/coopvae.md)."""
+
+    n_chains: int = _num(900, ge=1, le=65536, doc="synthesized images per iteration (nTileRow x nTileCol = 30 x 30); "
+                         "the data batch is train.batch_size (250)")
+    langevin: ChainConfig = _section(lambda: ChainConfig(n_steps=15, step_size=0.002, noise=False),
+                                     "the EBM's Langevin revision x^ -> x~ (15 steps, delta 0.002, [code] noise off)")
+    ref_sigma: float = _num(0.016, ge=1e-6, le=100.0, doc="sigma of the EBM's Gaussian reference distribution "
+                            "(des_refsig): U(x) = -f(x) + |x|^2/(2 sigma^2)")
+    ebm_lr: float = _num(0.009, gt=0.0, le=1.0, doc="EBM (descriptor) Adam learning rate (d_lr)")
+    vae_lr: float = _num(2e-4, gt=0.0, le=1.0, doc="VAE (encoder + generator) Adam learning rate (vae_lr)")
+    beta1: float = _num(0.5, ge=0.0, lt=1.0, doc="Adam beta1 of both optimizers (beta1_des, beta1_vae)")
+    beta2: float = _num(0.999, ge=0.0, lt=1.0, doc="Adam beta2 (TensorFlow's default)")
+    latent_weight: float = _num(2.0, ge=0.0, le=1e6, doc="weight of the KL term in the VAE loss (weight_latent_loss)")
+    lr_decay: float = _num(0.98, gt=0.0, le=1.0, doc="learning-rate factor per lr_decay_epochs epochs, applied "
+                           "continuously (tf.train.exponential_decay(lr, epoch, 20, 0.98), not staircase)")
+    lr_decay_epochs: int = _num(20, ge=1, le=10**9, doc="epochs per lr_decay factor")
+    epoch_iterations: int = _num(200, ge=1, le=10**9, doc="iterations per epoch for the schedule (CIFAR-10: "
+                                 "50,000 / 250)")
+
+
 Switch = Literal["auto", "on", "off"]
 
 
@@ -245,7 +270,9 @@ class PerfConfig:
 
 @dataclass
 class Config:
-    method: Literal["damc", "lebm"] = _opt("damc", "damc, or lebm: short-run chains from N(0, I) (spec §8)")
+    method: Literal["damc", "lebm", "coopvae"] = _opt(
+        "damc", "the learner (engine/learners/): damc; lebm: short-run chains from N(0, I) (spec §8); coopvae: "
+        "CoopVAEBM, an image-space EBM taught by a VAE (docs/methods/coopvae.md)")
     model: ModelConfig = _section(ModelConfig, "network sizes (spec §1)")
     data: DataConfig = _section(DataConfig, "training data")
     diffusion: DiffusionConfig = _section(DiffusionConfig, "the latent diffusion amortizer (spec §2)")
@@ -256,6 +283,7 @@ class Config:
     log: LogConfig = _section(LogConfig, "run directory, metrics, grids, checkpoints")
     system: SystemConfig = _section(SystemConfig, "device and CPU threads")
     perf: PerfConfig = _section(PerfConfig, "speed switches")
+    coopvae: CoopVAEConfig = _section(CoopVAEConfig, "CoopVAEBM (method coopvae)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,6 +321,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.flip = True: MNIST is never flipped (spec §3, anomaly script); set data.flip=false")
     if cfg.data.source == "digits" and cfg.model.arch != "digits":
         raise ConfigError(f"model.arch = {cfg.model.arch!r}: data.source 'digits' (8x8) needs model.arch 'digits'")
+    if cfg.method == "coopvae" and cfg.model.arch not in COOPVAE_ARCHS:
+        raise ConfigError(f"model.arch = {cfg.model.arch!r}: method coopvae has the networks of "
+                          f"{', '.join(repr(a) for a in COOPVAE_ARCHS)} (engine/models/coopvae.py)")
     return cfg
 
 

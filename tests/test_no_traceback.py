@@ -25,6 +25,7 @@ from engine.run.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
+COOP = str(REPO / "configs" / "coopvae_quickstart.yaml")
 TINY = ["model.ngf=8", "model.nif=8", "model.nemb=32", "model.nz=8", "diffusion.n_steps=8",
         "langevin.posterior.n_steps=4", "langevin.prior.n_steps=4", "diffusion.updates_per_iter=2",
         "train.batch_size=16", "eval.n_samples=8", "eval.lebm_steps=2", "log.sample_every=1000",
@@ -87,6 +88,20 @@ def _train_cases(w: dict[str, Path]) -> list[tuple[str, list[str | bytes]]]:
         ("truncated PNG, loader auto", [QUICK, *TINY, "data.source=folder", f"data.root={w['folder']}", *fresh]),
         ("CIFAR-10 files absent", [str(REPO / "configs" / "cifar10.yaml"), f"data.root={b / 'empty'}",
                                    "data.download=false", *fresh]),
+        # CoopVAEBM's fields (engine.config.CoopVAEConfig)
+        ("coopvae: unknown method", [QUICK, "method=coopvea", *fresh]),
+        ("coopvae: nan reference sigma", [COOP, "coopvae.ref_sigma=nan", *fresh]),
+        ("coopvae: inf EBM learning rate", [COOP, "coopvae.ebm_lr=inf", *fresh]),
+        ("coopvae: zero chains", [COOP, "coopvae.n_chains=0", *fresh]),
+        ("coopvae: a billion chains", [COOP, "coopvae.n_chains=1000000000", *fresh]),
+        ("coopvae: negative Langevin steps", [COOP, "coopvae.langevin.n_steps=-1", *fresh]),
+        ("coopvae: 1e400 step size", [COOP, "coopvae.langevin.step_size=1e400", *fresh]),
+        ("coopvae: unknown key", [COOP, "coopvae.refsig=0.1", *fresh]),
+        ("coopvae: an arch without its networks", [COOP, "model.arch=svhn", "data.source=folder",
+                                                   f"data.root={w['folder']}", *fresh]),
+        ("coopvae: huge sizes do not fit", [COOP, "coopvae.n_chains=65536", "model.arch=cifar10", "data.source=folder",
+                                            f"data.root={w['folder']}", *fresh]),
+        ("coopvae: resume a DAMC run as coopvae", [COOP, f"log.run_dir={run}", "train.iterations=4"]),
     ]
     if NO_CUDA:
         cases.append(("cuda without a GPU", [QUICK, "system.device=cuda", *fresh]))
