@@ -1,4 +1,4 @@
-"""``python -m engine.study``: the fidelity studies (DAMC vs short-run LEBM); see :mod:`engine.eval.study`."""
+"""``python -m engine.study``: the fidelity studies (every learner on the digits); see :mod:`engine.eval.study`."""
 
 from engine.eval.study import main
 
