@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and the benchmark at the paper's sizes in ONE call of at most 8 minutes (issue 14).
 #
-#   DAMC_COMMIT=<commit>[+dirty] bash bench/gpu_all.sh [all|tests|bench|decide]
+#   DAMC_COMMIT=<commit>[+dirty] bash bench/gpu_all.sh [all|tests|bench|decide|tensorrt]
 #
 # Set DAMC_COMMIT where the tree is checked out, e.g. `git rev-parse --short HEAD` plus "+dirty" if
 # `git status --porcelain` is not empty, and pass the literal value: the measuring machine gets a copy of the
@@ -32,6 +32,11 @@
 # (DAMC_DECIDE_VARIANTS, a pytest -k expression; the Q updates and the sampling first, the whole iteration after
 # the profile) and the profile; the report is a .smoke file beside the full one. What the launch cuts should be
 # (counted offline by python -m bench.codegen): bench/results/codegen-torch-2.11.md.
+# `tensorrt` (at most the budget; not yet run: no lent GPU has had the extra) needs the tensorrt extra installed
+# first, which this script cannot do (the lent machines reach no package index; README "TensorRT"):
+#   pip install "torch==2.13.0" -e ".[dev,tensorrt]" && bash bench/gpu_all.sh tensorrt
+# It runs the -m tensorrt tests (converter support, ONNX parser, engine vs the engine) and bench/bench_export.py,
+# whose tensorrt-per-step-bf16 row sits beside the engine, pt2 and AOTInductor rows -> $OUT/bench_export.json.
 # The bench_kernels / bench_loaders rows of the first H100 run are not repeated (time); run them with
 # `pytest bench/bench_kernels.py bench/bench_loaders.py --benchmark-only` when there is time.
 # The exit code is non-zero if any stage failed or timed out.
@@ -46,8 +51,8 @@ PY=${PYTHON:-$(command -v python3 || command -v python)}
 BUDGET=${DAMC_GPU_BUDGET_S:-450}
 status=0
 WHAT=${1:-all}
-case $WHAT in all|tests|bench|decide) ;;
-  *) echo "usage: bash bench/gpu_all.sh [all|tests|bench|decide] (got '$WHAT')" >&2; exit 2;; esac
+case $WHAT in all|tests|bench|decide|tensorrt) ;;
+  *) echo "usage: bash bench/gpu_all.sh [all|tests|bench|decide|tensorrt] (got '$WHAT')" >&2; exit 2;; esac
 if [ -z "${DAMC_COMMIT:-}" ]; then
   DAMC_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)+unpinned"
   echo "warning: DAMC_COMMIT not set; recording '$DAMC_COMMIT' (this copy's git metadata, maybe not the tree sent)" >&2
@@ -89,6 +94,14 @@ PY
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+if [ "$WHAT" = tensorrt ]; then
+  stage trt_import 60 "$PY" -c "from engine.export import to_tensorrt as t; w = t.unavailable(); print(w or 'torch_tensorrt imports'); raise SystemExit(1 if w else 0)"
+  stage trt_tests "$(limit 240 150)" "${PYTEST[@]}" -m tensorrt -rs tests/export/test_tensorrt.py
+  stage bench_export "$(limit 300 0)" "${PYTEST[@]}" bench/bench_export.py --benchmark-only -rs \
+    "--benchmark-json=$OUT/bench_export.json"
+  echo "=== gpu_all: done in $SECONDS s, status $status"
+  exit $status
+fi
 if [ "$WHAT" = decide ]; then
   DECIDE=${DAMC_DECIDE_VARIANTS:-"sampler_kernel or combo_kernels or merge_unet"}
   # only what the candidates touch (all of tests/kernels takes > 60 s on the device)

@@ -44,7 +44,7 @@ from engine.config import ConfigError, load_config
 from engine.data.digits import DIGITS_SHAPE, load_digits_split
 from engine.data.pixels import u8_to_float
 from engine.eval.digits_features import DigitFeatures, FeatureSet, fid, kid, load_or_train_classifier
-from engine.eval.toy_study import parse_seeds
+from engine.eval.toy.study import parse_seeds
 from engine.files import atomic_write
 from engine.learners import Learner
 from engine.learners.base import paired_rows

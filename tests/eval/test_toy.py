@@ -1,4 +1,4 @@
-"""The toy experiment (spec §9, ``engine.eval.toy``): problem, references, distances, and the DAMC claim."""
+"""The toy experiment (spec §9, ``engine.eval.toy.experiment``): problem, references, distances, and the DAMC claim."""
 
 from __future__ import annotations
 
@@ -13,18 +13,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.eval import distances, toy, toy_study
+from engine.eval import distances
+from engine.eval.toy import experiment, study
 
 
 def test_pinwheel_has_two_arms_of_equal_size() -> None:
-    z = toy.pinwheel(4000, torch.Generator().manual_seed(0))
+    z = experiment.pinwheel(4000, torch.Generator().manual_seed(0))
     assert z.shape == (4000, 2)
     r = z.norm(dim=1)
     assert 1.0 < float(r.median()) < 4.0  # radius 2·r with r ≈ 1 ± 0.3
     # The two arms are point reflections of each other (angles c·π apart): the mean is near the origin and
     # the arms split the plane into two halves of equal mass along the arms' axis.
     assert float(z.mean(0).norm()) < 0.15
-    g = toy.likelihood_net(torch.Generator().manual_seed(1))
+    g = experiment.likelihood_net(torch.Generator().manual_seed(1))
     assert not any(p.requires_grad for p in g.parameters())
     linears = [m for m in g if isinstance(m, nn.Linear)]
     assert [tuple(m.weight.shape) for m in linears] == [(128, 2), (128, 128), (128, 128), (2, 128)]
@@ -58,10 +59,10 @@ def test_exact_posterior_and_long_run_langevin_agree_with_the_gaussian_closed_fo
     cov = torch.linalg.inv(a.T @ a / sigma**2 + torch.eye(2, dtype=torch.float64))
     mean = cov @ a.T @ (x[0].double() - c) / sigma**2
     gen = torch.Generator().manual_seed(0)
-    exact = toy.exact_posterior(g, x, 20000, sigma, gen)[0].double()
+    exact = experiment.exact_posterior(g, x, 20000, sigma, gen)[0].double()
     assert torch.allclose(exact.mean(0), mean, atol=0.01)
     assert torch.allclose(torch.cov(exact.T), cov, atol=0.01)
-    ld = toy.posterior_langevin(g, x.expand(4000, 2), torch.randn(4000, 2, generator=gen), 2000, 0.1, sigma, gen)
+    ld = experiment.posterior_langevin(g, x.expand(4000, 2), torch.randn(4000, 2, generator=gen), 2000, 0.1, sigma, gen)
     assert distances.sliced_wasserstein(ld, exact[:4000].float()) < 0.05  # Langevin (s 0.1) converges here
 
 
@@ -70,12 +71,12 @@ def fast_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]: 
     """The references of the fast setting (8 fixed x, problem seed 0) after one training iteration: the facts
     tested with it are training-free (~15 s on 2 CPU cores)."""
     out = tmp_path_factory.mktemp("toy")
-    return toy.run(toy.fast_config(iterations=1, n_pooled_x=0), out), out
+    return experiment.run(experiment.fast_config(iterations=1, n_pooled_x=0), out), out
 
 
 def test_cli_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every output of ``python -m engine.toy`` on a few iterations (seconds)."""
-    assert toy_study.main(["--out", str(tmp_path), "--fast", "--iterations", "3", "--eval-samples", "100",
+    assert study.main(["--out", str(tmp_path), "--fast", "--iterations", "3", "--eval-samples", "100",
                            "--gt-steps", "50", "--train-seed", "3", "--obs-sigma", "0.5", "--pooled-x", "300",
                            "--grid-cells", "201"]) == 0
     report = json.loads((tmp_path / "toy.json").read_text())
@@ -90,11 +91,11 @@ def test_cli_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "DAMC" in capsys.readouterr().out
     assert (tmp_path / "toy_kde.png").is_file() and (tmp_path / "samples.npz").is_file()
     assert set(report["pooled"]["swd"]["long_run"]) == {"damc", "short_run", "long_run_b", "exact", "prior"}
-    assert toy_study.main(["--out", str(tmp_path), "--iterations", "0"]) == 2
-    assert toy_study.main(["--out", str(tmp_path), "--obs-sigma", "0"]) == 2
-    assert toy_study.main(["--out", str(tmp_path), "--setup", "authors", "--train-seed", "3"]) == 2
-    assert toy_study.main(["--out", str(tmp_path), "--setup", "authors", "--pooled-x", "700"]) == 2
-    assert toy_study.main(["--out", str(tmp_path), "--seeds", "3-1"]) == 2
+    assert study.main(["--out", str(tmp_path), "--iterations", "0"]) == 2
+    assert study.main(["--out", str(tmp_path), "--obs-sigma", "0"]) == 2
+    assert study.main(["--out", str(tmp_path), "--setup", "authors", "--train-seed", "3"]) == 2
+    assert study.main(["--out", str(tmp_path), "--setup", "authors", "--pooled-x", "700"]) == 2
+    assert study.main(["--out", str(tmp_path), "--seeds", "3-1"]) == 2
     assert "error: " in capsys.readouterr().err
 
 
@@ -136,7 +137,7 @@ def test_authors_setup_smoke_over_two_seeds(tmp_path: Path, capsys: pytest.Captu
     args = ["--setup", "authors", "--fast", "--iterations", "2", "--eval-every", "1", "--pooled-x", "500",
             "--gt-steps", "20", "--eval-samples", "50", "--eval-x", "2", "--grid-cells", "121", "--seeds", "1-2",
             "--out", str(tmp_path)]
-    assert toy_study.main(args) == 0
+    assert study.main(args) == 0
     out = capsys.readouterr().out
     assert "instances run" in out and "| seed |" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -149,9 +150,9 @@ def test_authors_setup_smoke_over_two_seeds(tmp_path: Path, capsys: pytest.Captu
     for name in ("kde.png", "curves.png", "summary.md"):
         assert (tmp_path / name).is_file()
     # A rerun reuses finished seeds; a different config in the same directory is refused.
-    assert toy_study.main(args) == 0
+    assert study.main(args) == 0
     assert "already done" in capsys.readouterr().err
-    assert toy_study.main([*args[:-2], "--obs-sigma", "0.3", "--out", str(tmp_path)]) == 2
+    assert study.main([*args[:-2], "--obs-sigma", "0.3", "--out", str(tmp_path)]) == 2
 
 
 def test_pre_registered_verdict() -> None:
@@ -159,29 +160,29 @@ def test_pre_registered_verdict() -> None:
         return {"config": {"iterations": iterations},
                 "pooled": {"swd": {"long_run": {"short_run": short, "long_run_b": floor, "damc": damc}}}}
 
-    assert toy_study.verdict(report(0.2, 0.1, 0.0))["claim"] == "not qualifying"  # 2× the floor
-    v = toy_study.verdict(report(0.35, 0.1, 0.24))
+    assert study.verdict(report(0.2, 0.1, 0.0))["claim"] == "not qualifying"  # 2× the floor
+    v = study.verdict(report(0.35, 0.1, 0.24))
     assert v["qualifies"] and v["claim"] == "holds" and v["pre_registered"]
-    assert toy_study.verdict(report(0.35, 0.1, 0.26))["claim"] == "does not hold"  # closer, but not by the floor
-    assert not toy_study.verdict(report(0.35, 0.1, 0.1, iterations=500))["pre_registered"]
-    assert toy_study.parse_seeds("1-3,7,2") == [1, 2, 3, 7]
+    assert study.verdict(report(0.35, 0.1, 0.26))["claim"] == "does not hold"  # closer, but not by the floor
+    assert not study.verdict(report(0.35, 0.1, 0.1, iterations=500))["pre_registered"]
+    assert study.parse_seeds("1-3,7,2") == [1, 2, 3, 7]
     for bad in ("", "a", "3-1", "-2"):
         with pytest.raises(ValueError):
-            toy_study.parse_seeds(bad)
+            study.parse_seeds(bad)
     # A saved config without a field added later still matches when that field holds its default.
-    saved = json.loads(json.dumps(dataclasses.asdict(toy.fast_config())))
+    saved = json.loads(json.dumps(dataclasses.asdict(experiment.fast_config())))
     del saved["grid_cells"]
-    assert toy_study.same_config(saved, toy.fast_config())
-    assert not toy_study.same_config(saved, toy.fast_config(grid_cells=301))
+    assert study.same_config(saved, experiment.fast_config())
+    assert not study.same_config(saved, experiment.fast_config(grid_cells=301))
 
 
 def test_qualifying_test_for_fixed_instances() -> None:
     """Training-free, pooled over 1,000 x (the committed study uses 5,000): at the authors' full size their default
     seed 1 does not qualify (50-step LD is within 1.3 floors of 1,000-step LD: measured 0.094 vs 0.070), while the
     CPU-size instance seed 2 does (5.8 floors: 0.537 vs 0.093)."""
-    from engine.eval.toy_authors import authors_config, authors_cpu_config
+    from engine.eval.toy.authors import authors_config, authors_cpu_config
 
-    full = toy_study.qualification(authors_config(seed=1, n_pooled_x=1000))
+    full = study.qualification(authors_config(seed=1, n_pooled_x=1000))
     assert full["ratio"] < 2.0 and full["short_run"] < 0.15
-    cpu = toy_study.qualification(authors_cpu_config(seed=2, n_pooled_x=1000))
+    cpu = study.qualification(authors_cpu_config(seed=2, n_pooled_x=1000))
     assert cpu["ratio"] > 4.0 and cpu["short_run"] > 0.4

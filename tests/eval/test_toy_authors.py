@@ -1,8 +1,8 @@
-"""``--setup authors``: the authors' toy_example.py reproduced (engine.eval.toy_authors), pinned against their code.
+"""``--setup authors``: the authors' toy_example.py reproduced (engine.eval.toy.authors), pinned against their code.
 
 The golden numbers below were printed by the authors' own code (yuPeiyu98/Diffusion-Amortized-MCMC,
 workspace/toy_example: ``sample_z``, ``_netQ_U_toy`` and ``G`` built after ``torch.manual_seed(seed)`` exactly as
-``main`` does, and their training loop body run on a CPU); ``results/toy/authors_parity.py`` reprints them.
+``main`` does, and their training loop body run on a CPU); ``python -m engine.eval.toy.authors_parity`` reprints them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.eval import toy
-from engine.eval.toy_authors import authors_config, authors_init, authors_pinwheel
+from engine.eval.toy import experiment
+from engine.eval.toy.authors import authors_config, authors_init, authors_pinwheel
 
 
 def test_pinwheel_is_their_sample_z() -> None:
@@ -50,7 +50,7 @@ def test_training_follows_their_loop() -> None:
     """Seed 3, nf 1, 5 sampler steps, 2 iterations: their loop on a CPU ends with Σθ = −17.6170634557 (xemb
     excluded). Ours agrees to float rounding (same draws in the same order; the sampler's float64 table is the one
     rounding difference)."""
-    state = toy.train(authors_config(seed=3, iterations=2, unet_nf=1, n_steps=5, log_every=10))
+    state = experiment.train(authors_config(seed=3, iterations=2, unet_nf=1, n_steps=5, log_every=10))
     total = float(sum(p.detach().double().sum() for p in state.model.parameters()))
     assert total == pytest.approx(-17.6170634557, abs=2e-5)
 
@@ -59,7 +59,7 @@ def test_ema_moves_the_target_toward_the_online_net_by_075() -> None:
     """toy:230-232: every 10 iterations target ← 0.75·online + 0.25·target."""
     cfg = authors_config(seed=2, iterations=10, unet_nf=1, n_steps=3, log_every=100)
     start = copy.deepcopy(authors_init(cfg).model)
-    state = toy.train(cfg)
+    state = experiment.train(cfg)
     for t, o, s in zip(state.ema.parameters(), state.model.parameters(), start.parameters(), strict=True):
         torch.testing.assert_close(t, 0.75 * o.detach() + 0.25 * s, rtol=0, atol=1e-6)
 

@@ -2,7 +2,7 @@
 
 Source: yuPeiyu98/Diffusion-Amortized-MCMC, ``workspace/toy_example/toy_example.py`` (cited as ``toy:<line>``)
 and ``workspace/toy_example/src/diffusion_net.py`` (``net:<line>``). Where it differs from this engine's own
-toy (``--setup engine``, the default of :mod:`engine.eval.toy`):
+toy (``--setup engine``, the default of :mod:`engine.eval.toy.experiment`):
 
 1. **Training latents** (``toy:134-155``, ``toy:184``): every iteration calls ``sample_z(500, args.seed)``, a
    NumPy ``RandomState(seed)`` pinwheel, so training sees the *same* 500 z's each time, with fresh observation
@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from engine.eval.toy_problem import ToyConfig, ToyModel
+from engine.eval.toy.problem import ToyConfig, ToyModel
 from engine.models import ConcatSquashBlock
 
 __all__ = ["AuthorsInit", "authors_config", "authors_cpu_config", "authors_init", "authors_pinwheel"]

@@ -11,14 +11,14 @@ the posterior chains from the EMA amortizer, runs 50 Langevin steps (s 0.1) and 
 
 Two setups share this loop: ``setup="engine"`` (the default: fresh pinwheel latents every iteration, the
 engine's x-encoder, G from its own generator) and ``setup="authors"``, the authors' ``toy_example.py`` exactly
-(:mod:`engine.eval.toy_authors` lists every difference with their file and line).
+(:mod:`engine.eval.toy.authors` lists every difference with their file and line).
 
-Evaluation (:mod:`engine.eval.toy_eval`): per x, for several fixed x, the amortizer's conditional draws and
+Evaluation (:mod:`engine.eval.toy.evaluate`): per x, for several fixed x, the amortizer's conditional draws and
 short-run Langevin (50 steps from N(0, I)) against long-run Langevin (the authors' ground truth) and, because the
 latent is 2-D, the **exact** posterior tabulated on a grid (sliced W2 and MMD; 2-D histograms in one PNG); and
 pooled over many x as the authors' figure (one sample per x; their kernel-density panels, sliced W2 and MMD
 against two long-run sets and two exact draws, their reconstruction error). The pre-registered criteria and the
-multi-seed study are :mod:`engine.eval.toy_study`.
+multi-seed study are :mod:`engine.eval.toy.study`.
 
 A Langevin convergence profile (one more set of chains from N(0, I), measured after 0, 10, 25, 50, ... steps)
 shows how far "short-run" is from "long-run" on this problem; its last entry is a second, independent long-run
@@ -37,12 +37,12 @@ note):
   exact posterior its SW2 ratio to short-run LD was 0.95, 0.57, 1.13, 0.79, 0.73 over training seeds 0-4
   (500 iterations of the fast setting): it finds mode weights Langevin misses on some x and loses them on
   others.
-Whether an instance can show anything is the qualifying test of :mod:`engine.eval.toy_study`; the authors'
+Whether an instance can show anything is the qualifying test of :mod:`engine.eval.toy.study`; the authors'
 setup, measured on several instances, is in ``results/toy/``.
 
     python -m engine.toy --out runs/toy                    # spec settings (3,000 iterations; long on a CPU)
     python -m engine.toy --out runs/toy --fast             # the shortened engine setting (CPU, ~2-3 min)
-    python -m engine.toy --out runs/toy --setup authors    # the authors' toy_example.py (see toy_study for seeds)
+    python -m engine.toy --out runs/toy --setup authors    # the authors' toy_example.py (see toy.study for seeds)
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ import torch
 from torch import Tensor, nn
 
 from engine.eval.plots import density_grid_png, kde_panels_png
-from engine.eval.toy_authors import authors_init, authors_pinwheel
-from engine.eval.toy_eval import (
+from engine.eval.toy.authors import authors_init, authors_pinwheel
+from engine.eval.toy.evaluate import (
     AUTHORS_EVAL_BATCH,
     PooledReference,
     Reference,
@@ -73,7 +73,7 @@ from engine.eval.toy_eval import (
     pooled_reference,
     reference,
 )
-from engine.eval.toy_problem import (
+from engine.eval.toy.problem import (
     ToyConfig,
     ToyModel,
     exact_posterior,

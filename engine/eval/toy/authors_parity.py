@@ -1,7 +1,7 @@
 """Check ``--setup authors`` against the authors' own toy code (run by hand; not a test: it needs their repository).
 
     git clone https://github.com/yuPeiyu98/Diffusion-Amortized-MCMC /tmp/damc
-    PYTHONPATH=. python results/toy/authors_parity.py /tmp/damc/workspace/toy_example \
+    python -m engine.eval.toy.authors_parity /tmp/damc/workspace/toy_example \
         --seed 3 --nf 1 --steps 5 --iterations 2
 
 It builds Q, Q_dummy and G exactly as their ``toy_example.py`` ``main`` does (``torch.manual_seed(seed)``, their
@@ -20,6 +20,7 @@ seed 3, nf 1, 5 steps, 2 iterations for the training).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 import numpy as np
@@ -36,10 +37,10 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=2)
     a = p.parse_args()
     sys.path.insert(0, a.toy_dir)
-    from src.diffusion_net import _netQ_U_toy  # their code
+    _netQ_U_toy = importlib.import_module("src.diffusion_net")._netQ_U_toy  # their code, from toy_dir
 
-    import engine.eval.toy as engine_toy
-    from engine.eval.toy_authors import authors_config, authors_init
+    import engine.eval.toy.experiment as engine_toy
+    from engine.eval.toy.authors import authors_config, authors_init
 
     class G(nn.Module):  # toy_example.py:22-47
         def __init__(self) -> None:
@@ -124,7 +125,7 @@ def main() -> None:
         ours.append(out.clone())
         return out
 
-    engine_toy.posterior_langevin = recorded  # type: ignore[assignment]
+    engine_toy.posterior_langevin = recorded  # train() calls it through the module global
     st = engine_toy.train(cfg)
     for i, (t, o) in enumerate(zip(theirs, ours, strict=True)):
         print(f"iteration {i}: posterior samples max |diff| {float((t - o).abs().max()):.2e}")

@@ -1,5 +1,5 @@
 """The toy problem of paper App. E.1 (spec ``damc.md`` §9): its settings, data, likelihood network, exact posterior
-and the amortizer used on it. The experiment (training, evaluation, CLI) is :mod:`engine.eval.toy`.
+and the amortizer used on it. The experiment (training, evaluation, CLI) is :mod:`engine.eval.toy.experiment`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["ToyConfig", "ToyModel", "exact_posterior", "fast_config", "likelihoo
 class ToyConfig:
     """Spec §9 values by default; ``fast_config()`` shortens training for tests and CPU smoke runs."""
 
-    setup: str = "engine"  # "engine" (this engine's toy) or "authors" (their toy_example.py; engine.eval.toy_authors)
+    setup: str = "engine"  # "engine" (this engine's toy) or "authors" (their toy_example.py; engine.eval.toy.authors)
     seed: int = 0  # the problem (G, the fixed x, the references); with setup "authors" also Q's init and the draws
     train_seed: int | None = None  # engine setup: the amortizer's init and training draws; None = seed
     obs_sigma: float = 0.25  # x = G(z) + N(0, σ²I), and the likelihood of the posterior

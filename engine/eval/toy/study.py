@@ -46,9 +46,9 @@ import torch
 
 from engine.eval.distances import sliced_wasserstein
 from engine.eval.plots import Series, line_panels_png
-from engine.eval.toy import check_config, pooled_kde_png, pooled_reference, problem, run
-from engine.eval.toy_authors import authors_config, authors_cpu_config
-from engine.eval.toy_problem import ToyConfig, fast_config
+from engine.eval.toy.authors import authors_config, authors_cpu_config
+from engine.eval.toy.experiment import check_config, pooled_kde_png, pooled_reference, problem, run
+from engine.eval.toy.problem import ToyConfig, fast_config
 from engine.files import atomic_write
 
 __all__ = ["CLAIM_ITERATIONS", "QUALIFY_RATIO", "main", "parse_seeds", "qualification", "run_seeds", "same_config",

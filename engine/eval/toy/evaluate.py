@@ -1,4 +1,4 @@
-"""Evaluation of the toy experiment (:mod:`engine.eval.toy`): reference sample sets and distances.
+"""Evaluation of the toy experiment (:mod:`engine.eval.toy.experiment`): reference sample sets and distances.
 
 Two protocols, on the same trained amortizer:
 
@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from engine.eval.distances import mmd_rbf, sliced_wasserstein
-from engine.eval.toy_authors import authors_pinwheel
-from engine.eval.toy_problem import ToyConfig, ToyModel, exact_posterior, pinwheel, posterior_langevin
+from engine.eval.toy.authors import authors_pinwheel
+from engine.eval.toy.problem import ToyConfig, ToyModel, exact_posterior, pinwheel, posterior_langevin
 from engine.sampling.diffusion import SamplerTable
 from engine.sampling.draws import amortizer_sample
 
