@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from engine.sampling.langevin import langevin_chain
+
 __all__ = ["ImageEnergyFn", "ImageGradFn", "fold_reference", "image_energy_grad", "image_langevin_chain",
            "image_langevin_update"]
 
@@ -97,16 +99,12 @@ def image_langevin_chain(x0: Tensor, grad_fn: ImageGradFn, n_steps: int, step_si
     (CoopVAEBM's authors' chain; ``noise`` and ``generator`` are then unused). Needing draws without a generator
     is an error: the global RNG is never used.
     """
-    if noise is not None and noise.shape != (n_steps, *x0.shape):
-        raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {(n_steps, *x0.shape)}")
     if with_noise and noise is None and generator is None and n_steps > 0:
         raise ValueError("image_langevin_chain draws ε: pass noise or a torch.Generator (never the global RNG)")
-    x = x0.detach()
-    for t in range(n_steps):
-        g = grad_fn(x)
-        eps = None
-        if with_noise:
-            eps = noise[t] if noise is not None else torch.randn(
-                x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = image_langevin_update(x, g, step_size, ref_sigma, eps)
-    return x
+
+    def update(x: Tensor, g: Tensor, s: float, eps: Tensor | None) -> Tensor:
+        return image_langevin_update(x, g, s, ref_sigma, eps)
+
+    # The latent chain's loop (draw order, noise checks), with the image update.
+    return langevin_chain(x0, grad_fn, n_steps, step_size, noise=noise, generator=generator, with_noise=with_noise,
+                          update=update)

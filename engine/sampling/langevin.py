@@ -61,13 +61,18 @@ def gaussian_energy(z: Tensor) -> Tensor:
     return 0.5 * z.pow(2).sum(dim=1)
 
 
+UpdateFn = Callable[[Tensor, Tensor, float, "Tensor | None"], Tensor]  # (z, ∇V, s, ε or None) -> z'
+
+
 def langevin_chain(z: Tensor, grad_fn: GradFn, n_steps: int, step_size: float, *,
                    noise: Tensor | None = None, generator: torch.Generator | None = None,
-                   with_noise: bool = True) -> Tensor:
+                   with_noise: bool = True, update: UpdateFn = langevin_update) -> Tensor:
     """Run ``n_steps`` Langevin steps from z (B, nz); returns the final z (detached).
 
     ``noise`` (n_steps, B, nz) fixes every ε (exact tests, kernel parity); otherwise one ``randn`` per
     step is drawn from ``generator`` (the authors' draw order). ``with_noise=False`` is gradient descent.
+    ``update`` is the step (default: eq. 3's, with the N(0, I) term folded in; the image-space chain passes its
+    own, :func:`engine.sampling.image_langevin.image_langevin_update`); z may have any shape then.
     """
     if noise is not None and noise.shape != (n_steps, *z.shape):
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {(n_steps, *z.shape)}")
@@ -78,5 +83,5 @@ def langevin_chain(z: Tensor, grad_fn: GradFn, n_steps: int, step_size: float, *
         if with_noise:
             eps = noise[t] if noise is not None else torch.randn(
                 z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = langevin_update(z, g, step_size, eps)
+        z = update(z, g, step_size, eps)
     return z
