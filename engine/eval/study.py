@@ -63,33 +63,16 @@ CONFIGS = REPO / "configs"
 QUICKSTART = CONFIGS / "quickstart.yaml"
 RECON = "recon"  # the kind of a reconstruction row
 
-# The table's names of known rows, (method, kind) -> (label, the DAMC paper's name); kind RECON: the test split's
-# reconstructions. Presentation only: a row not named here is labelled by its method, kind and how it was drawn.
+# The table's names of known rows, (method, kind) -> (label, the paper's name); kind RECON: the test split's
+# reconstructions. Presentation only, from each learner's Method: a row not named is labelled by its method, kind
+# and how it was drawn.
 LABELS: dict[tuple[str, str], tuple[str, str]] = {
-    ("damc", "damc"): ("DAMC prior samples (DAMC run)", "Ours-DAMC"),
-    ("damc", "lebm"): ("LEBM prior samples, EBM trained with DAMC", "Ours-LEBM"),
-    ("lebm", "lebm"): ("LEBM prior samples, EBM trained with short-run LD", "LEBM"),
-    ("coopvae", "ebm"): ("CoopVAEBM EBM samples x̃ (the VAE's draw revised by Langevin on the EBM)", ""),
-    ("coopvae", "vae"): ("CoopVAEBM VAE samples x̂ (the VAE generator's draw alone)", ""),
-    ("damc", RECON): ("reconstructions of the test split, DAMC run", "Ours (MSE)"),
-    ("lebm", RECON): ("reconstructions of the test split, short-run LEBM run", "LEBM (MSE)"),
-    ("coopvae", RECON): ("reconstructions of the test split, CoopVAEBM run", ""),
-}
+    (m.name, kind): label for m in learners.METHODS.values() for kind, label in m.study_labels.items()}
 
 # Paired by seed, difference = first row − second row. "A < B": a claim (a difference < 0 agrees with the paper);
 # "A vs B": no claim. Only those whose two rows are in the table are reported.
-COMPARISONS: tuple[tuple[str, str, tuple[str, str], tuple[str, str]], ...] = (
-    ("Ours-DAMC < Ours-LEBM", "kid", ("damc", "damc"), ("damc", "lebm")),
-    ("Ours-LEBM < LEBM", "kid", ("damc", "lebm"), ("lebm", "lebm")),
-    ("Ours-DAMC < LEBM", "kid", ("damc", "damc"), ("lebm", "lebm")),
-    ("Ours-LEBM < LEBM", "fid", ("damc", "lebm"), ("lebm", "lebm")),
-    ("Ours-DAMC < LEBM", "fid", ("damc", "damc"), ("lebm", "lebm")),
-    ("reconstruction, DAMC run < LEBM run", "mse", ("damc", RECON), ("lebm", RECON)),
-    ("CoopVAEBM EBM samples vs DAMC prior samples", "kid", ("coopvae", "ebm"), ("damc", "damc")),
-    ("CoopVAEBM EBM samples vs DAMC prior samples", "fid", ("coopvae", "ebm"), ("damc", "damc")),
-    ("CoopVAEBM EBM samples (x̃) < VAE samples (x̂)", "kid", ("coopvae", "ebm"), ("coopvae", "vae")),
-    ("CoopVAEBM EBM samples (x̃) < VAE samples (x̂)", "fid", ("coopvae", "ebm"), ("coopvae", "vae")),
-)
+COMPARISONS: tuple[tuple[str, str, tuple[str, str], tuple[str, str]], ...] = tuple(
+    c for m in learners.METHODS.values() for c in m.study_comparisons)
 
 
 def _say(msg: str) -> None:

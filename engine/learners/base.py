@@ -170,6 +170,11 @@ class Method:
     exportable: bool = False  # engine.export has graphs for its prior sampler
     metrics: tuple[str, ...] = ("mse", "chains")  # engine.eval metrics besides the FIDs of its sample kinds
     paper: dict[str, dict[str, float]] = field(default_factory=dict)  # arch -> metric -> the paper's figure
+    # The digits study's presentation (engine.eval.study): kind (or "recon") -> (row label, the paper's name), and
+    # the paired comparisons it introduces, (name, metric, (method, kind), (method, kind)): "A < B" is a claim (a
+    # difference < 0 agrees with the paper), "A vs B" none.
+    study_labels: dict[str, tuple[str, str]] = field(default_factory=dict)
+    study_comparisons: tuple[tuple[str, str, tuple[str, str], tuple[str, str]], ...] = ()
 
 
 def paired_rows(x: Tensor, recon: Tensor, cols: int = 8) -> Tensor:

@@ -306,4 +306,13 @@ PAPER: dict[str, dict[str, float]] = {"cifar10": {"fid_ebm": 36.2}}
 
 METHOD = Method("coopvae", "CoopVAEBM (Xie, Zheng, Li, AAAI 2021): an image-space EBM whose chains a VAE amortizes",
                 build, _state_keys, _estimate, kinds=("ebm", "vae"), exportable=False, metrics=("mse", "chains"),
-                paper=PAPER)
+                paper=PAPER,
+                study_labels={"ebm": ("CoopVAEBM EBM samples x̃ (the VAE's draw revised by Langevin on the EBM)", ""),
+                              "vae": ("CoopVAEBM VAE samples x̂ (the VAE generator's draw alone)", ""),
+                              "recon": ("reconstructions of the test split, CoopVAEBM run", "")},
+                study_comparisons=(
+                    ("CoopVAEBM EBM samples vs DAMC prior samples", "kid", ("coopvae", "ebm"), ("damc", "damc")),
+                    ("CoopVAEBM EBM samples vs DAMC prior samples", "fid", ("coopvae", "ebm"), ("damc", "damc")),
+                    # the paper's MCMC-teaching claim: the EBM's revision improves on the VAE's draw
+                    ("CoopVAEBM EBM samples (x̃) < VAE samples (x̂)", "kid", ("coopvae", "ebm"), ("coopvae", "vae")),
+                    ("CoopVAEBM EBM samples (x̃) < VAE samples (x̂)", "fid", ("coopvae", "ebm"), ("coopvae", "vae"))))

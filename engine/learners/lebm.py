@@ -65,4 +65,6 @@ def _estimate(cfg: Config, batch: int | None = None) -> Estimate:
 # own numbers are Pang et al.'s, not in spec §4).
 METHOD = Method("lebm", "short-run latent EBM prior (spec §8): both chains from N(0, I), no amortizer",
                 build, _state_keys, _estimate, kinds=("lebm",), exportable=False,
-                metrics=("mse", "auprc", "chains"), paper=PAPER)
+                metrics=("mse", "auprc", "chains"), paper=PAPER,
+                study_labels={"lebm": ("LEBM prior samples, EBM trained with short-run LD", "LEBM"),
+                              "recon": ("reconstructions of the test split, short-run LEBM run", "LEBM (MSE)")})
