@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -168,6 +168,10 @@ class Method:
     estimate: Callable[[Config, int | None], Estimate]  # memory floor at train.batch_size or an eval batch
     kinds: tuple[str, ...]  # the names of its learners' sample_kinds(), the default first
     exportable: bool = False  # engine.export has graphs for its prior sampler
+    # The method's own exporter, when it has one (engine.export.cli calls it; None: the DAMC prior-sampler export):
+    # (learner, spec: engine.export.build.ExportSpec, out: Path, *, run_info, force, log) -> a sidecar with
+    # ``files`` (name -> bytes), ``export_seconds`` and ``verification``.
+    export: Callable[..., Any] | None = None
     metrics: tuple[str, ...] = ("mse", "chains")  # engine.eval metrics besides the FIDs of its sample kinds
     paper: dict[str, dict[str, float]] = field(default_factory=dict)  # arch -> metric -> the paper's figure
 
