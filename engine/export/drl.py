@@ -177,7 +177,9 @@ def export_drl(learner: Sampler, spec: Any, out: Path, *, run_info: dict[str, An
     t0 = time.perf_counter()
     graph = StepGraph(net, learner.tables, c.eval_noise_scale, spec.precision).eval()
     x_top, xi = (v.to(spec.device) for v in _noise(learner, 0, spec.batch))
-    example = (torch.full((1,), c.levels - 1, dtype=torch.int64, device=spec.device), x_top, x_top, xi[0, 0])
+    # x̃ must be its own tensor: an input passed twice is traced as one (the graph would ignore x̃).
+    example = (torch.full((1,), c.levels - 1, dtype=torch.int64, device=spec.device), x_top, x_top.clone(),
+               xi[0, 0])
     with torch.no_grad():
         y = graph(*example)
     io = GraphIO(f"step{fmt.EXT}", [_spec(n, v) for n, v in zip(("t", "y", "x_tilde", "xi"), example, strict=True)],
