@@ -405,36 +405,28 @@ def test_export_onnx_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[st
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from engine.export.cli import main as export_main
-    from engine.export.drl import DRLSidecar, drive, load_step
+    from engine.export.own import load_graphs, read_own_sidecar
     from engine.export.sample import main as sample_main
+    from engine.export.to_onnx import operator_types
+    from engine.learners.drl import export_graphs
 
     run = tmp_path / "drl"
     assert train_main([DRL, *TINY, f"log.run_dir={run}", "train.iterations=2"]) == 0
     out = tmp_path / "art"
     assert export_main([str(run), "--format", "onnx", "--batch", "3", "--out", str(out), "--device", "cpu"]) == 0
-    raw = json.loads((out / "sampler.json").read_text())
-    assert raw["sampler"] == "drl" and raw["levels"] == 6 and raw["langevin_steps"] == 3
-    assert [i["name"] for i in raw["graphs"]["step"]["inputs"]] == ["t", "y", "x_tilde", "xi"]
-    assert raw["verification"]["max_abs_diff"] <= 1e-4
-    from engine.export.artifact import GraphIO, TensorSpec
-    from engine.export.to_onnx import operator_types
-
-    assert {d for d, _ in operator_types(out / "step.onnx")} <= {""}  # the default ONNX domain only
-    assert not {op for _, op in operator_types(out / "step.onnx")} & {"RandomNormal", "RandomNormalLike",
-                                                                       "RandomUniform", "RandomUniformLike"}
-    graphs = {k: GraphIO(g["file"], [TensorSpec(**s) for s in g["inputs"]], [TensorSpec(**s) for s in g["outputs"]])
-              for k, g in raw["graphs"].items()}
-    sidecar = DRLSidecar(**{**raw, "graphs": graphs})
+    sidecar = read_own_sidecar(out)
+    assert sidecar.sampler == "drl" and sidecar.info["levels"] == 6 and sidecar.info["langevin_steps"] == 3
+    assert [i.name for i in sidecar.graphs["step"].inputs] == ["t", "y", "x_tilde", "xi"]
+    assert sidecar.verification["max_abs_diff"] <= 1e-4
+    ops = operator_types(out / "step.onnx")
+    assert {d for d, _ in ops} <= {""} and not {op for _, op in ops if op.startswith("Random")}  # no random op
     learner = checkpoint.load_run(run, CPU)
-    stream = NoiseStream(11, learner.cfg.model.nz, learner.noise_width("drl"))
-    assert isinstance(learner, DRLLearner)
-    want = learner.sample_from("drl", stream, 3)
-    x_top, xi = learner.split_noise(NoiseStream(11, learner.cfg.model.nz, learner.noise_width("drl")).take(3)
-                                    .flatten(1))
-    got = drive(load_step(out, sidecar, CPU), x_top, xi, sidecar.scale)
-    assert torch.allclose(got, want, atol=1e-4)
+    graphs = export_graphs(learner, 3, torch.float32, CPU)
+    got = graphs.drive(load_graphs(out, sidecar, CPU), 11)  # the artifact on the stream of seed 11 ...
+    want = learner.sample_from("drl", NoiseStream(11, learner.cfg.model.nz, learner.noise_width("drl")), 3)
+    assert torch.allclose(got, want, atol=1e-4)  # ... is the engine's sampler on it
     capsys.readouterr()
     assert export_main([str(run), "--format", "onnx", "--batch", "3", "--whole", "--out", str(tmp_path / "w")]) == 2
-    assert "one Langevin-step graph" in capsys.readouterr().err
+    assert "step graph and the driver loop" in capsys.readouterr().err
     assert sample_main([str(run), "--n", "2", "--out", str(tmp_path / "x"), "--from-export", str(out)]) == 2
     assert "sample the run itself" in capsys.readouterr().err

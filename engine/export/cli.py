@@ -2,8 +2,8 @@
 [--whole | --per-step] --out DIR``: export a trained run's DAMC prior sampler.
 
 The artifact is a directory (``--out``) with the graph file(s) and ``sampler.json`` (see
-:mod:`engine.export.artifact`). A method with its own exporter (:attr:`engine.learners.base.Method.export`; DRL's
-T-level sampler, :mod:`engine.export.drl`) is handed the same request. Every bad request (unknown format, batch <= 0, a
+:mod:`engine.export.artifact`). A method with its own sampler graphs (:attr:`engine.learners.base.Method.export_graphs`;
+DRL's T-level sampler) is exported by :mod:`engine.export.own`. Every bad request (unknown format, batch <= 0, a
 run without an amortizer, a missing package, a missing or corrupt checkpoint, an existing ``--out``) is one line naming
 the fix and exit code 2, before any work; nothing is left half-written.
 """
@@ -20,9 +20,10 @@ import torch
 
 from engine import learners
 from engine.config import SystemConfig
-from engine.export.artifact import FORMATS, SIDECAR, ExportError, check_writable
+from engine.export.artifact import FORMATS, SIDECAR, ExportError, Sidecar, check_writable
 from engine.export.build import ExportSpec, export_sampler
 from engine.export.graphs import PRECISIONS
+from engine.export.own import OwnSidecar, export_own
 from engine.export.runner import FORMAT_MODULES
 from engine.learners.base import article
 from engine.learners.damc import DamcLearner
@@ -144,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = _plan(args)
         learner = checkpoint.load_run(plan.run_dir, plan.spec.device, plan.ckpt)
         method = learners.get(learner.cfg.method)
-        if not method.exportable or (method.export is None and not isinstance(learner, DamcLearner)):
+        if not method.exportable or (method.export_graphs is None and not isinstance(learner, DamcLearner)):
             ms = [m for m in learners.METHODS.values() if m.exportable]
-            prior = ", ".join(m.name.upper() for m in ms if m.export is None)
-            own = ", ".join(m.name.upper() for m in ms if m.export is not None)
+            prior = ", ".join(m.name.upper() for m in ms if m.export_graphs is None)
+            own = ", ".join(m.name.upper() for m in ms if m.export_graphs is not None)
             also = f" (and the sampler of a {own} run)" if own else ""
             raise ExportError(f"{plan.run_dir} is {article(method.name)} {method.name.upper()} run: only the prior "
                               f"sampler of a {prior} run can be exported{also}; sample it with python -m "
@@ -156,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                     "method": learner.cfg.method, "arch": learner.cfg.model.arch}
         s = plan.spec
         what = f"{s.format}, {s.structure}, batch {s.batch}, {s.precision}, {s.device.type}"
-        if method.export is not None:  # the method's own exporter (engine.learners.base.Method.export)
+        sidecar: Sidecar | OwnSidecar
+        if method.export_graphs is not None:  # the method's own graphs (engine.learners.base.Method.export_graphs)
             _say(f"exporting the {method.name.upper()} sampler of {plan.run_dir} ({plan.ckpt.name}, iteration "
                  f"{learner.iteration}): {what}")
-            sidecar = method.export(learner, s, plan.out, run_info=run_info, force=args.force, log=_say)
+            sidecar = export_own(method, learner, s, plan.out, run_info=run_info, force=args.force, log=_say)
         else:
             assert isinstance(learner, DamcLearner)
             _say(f"exporting the DAMC prior sampler of {plan.run_dir} ({plan.ckpt.name}, iteration "

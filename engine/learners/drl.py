@@ -28,27 +28,26 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from engine.config import Config
-from engine.learners.base import Grid, LongRun, Method, SampleKind, paired_rows
+from engine.learners.base import GraphSpec, Grid, Learner, LongRun, Method, SampleKind, SamplerGraphs, paired_rows
 from engine.learners.memory import F32, Estimate
 from engine.models import IMAGE_SHAPES
-from engine.models.drl import DRL_NETS, DRLEnergyNet, build_drl_energy
+from engine.models.drl import DRL_NETS, DRLEnergyNet, LangevinStepGraph, SpectralNorm, build_drl_energy
 from engine.runtime.image_chains import ImageChains, ReferenceImageChains, build_image_chains
 from engine.runtime.perf import REFERENCE, PerfPlan
 from engine.runtime.updates import GradSync, optimizer_step, set_lr
 from engine.sampling.drl_schedule import DRLSchedule, drl_schedule
 from engine.sampling.noise import NoiseStream
 
-__all__ = ["METHOD", "DRLLearner", "LevelTables", "build", "ema_update", "iteration_updates", "level_tables",
-           "warmup_lr"]
+__all__ = ["METHOD", "DRLLearner", "LevelTables", "build", "ema_update", "export_graphs", "iteration_updates",
+           "level_tables", "warmup_lr"]
 
 _NO_CLIP = math.inf  # global-norm clipping exists in the code but is off (config.py:27)
 
@@ -103,7 +102,7 @@ class DRLLearner:
         self.tables = level_tables(self.schedule, self.device)
         self.chains = ReferenceImageChains()
         for m in self.net_ema.modules():  # the EMA's u vectors are averages of the online ones (ema_update)
-            if hasattr(m, "update_u"):
+            if isinstance(m, SpectralNorm):
                 m.update_u = False
 
     @property
@@ -387,11 +386,55 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
             v.lerp_(state[k], 1.0 - decay)
 
 
-def _export(learner: DRLLearner, spec: Any, out: Path, **kwargs: Any) -> Any:
-    """``engine.export`` of a DRL run: its T-level sampler as one Langevin-step graph (engine/export/drl.py)."""
-    from engine.export.drl import export_drl  # the export stack is imported only by an export
+DRIVER = ("x = x_T; for j, t in enumerate(T-1 .. 0): x_tilde = x; y = x_tilde; for k in 0..K-1: y = step(t=[t] "
+          "int64, y, x_tilde, xi[j, k]); x = y / scale[t]  # images x (B, C, H, W), clip to [-1, 1]")
+NOISE = {"x_T": "N(0, I), (B, C, H, W): the sampler's start",
+         "xi": "N(0, I), (T, K, B, C, H, W): xi[j, k] is the noise of step k at level T-1-j",
+         "stream": "python -m engine.sample draws them per sample from torch.Generator(cpu).manual_seed(seed): one "
+                   "randn(width * nz) per sample = [x_T | xi_(T-1,0) .. xi_(T-1,K-1) | .. | xi_(0,K-1)] (the rest "
+                   "of the last row unused)"}
 
-    return export_drl(learner, spec, out, **kwargs)
+
+def export_graphs(learner: Learner, batch: int, dtype: torch.dtype, device: torch.device) -> SamplerGraphs:
+    """The T-level sampler for ``engine.export``: one Langevin-step graph of the EMA net at a level given as input
+    (:class:`~engine.models.drl.LangevinStepGraph`), driven T·K times (the unrolled T·K-step graph, 180 network
+    gradients at T6, takes too long to export to be offered)."""
+    assert isinstance(learner, DRLLearner)
+    c, tb, net = learner.cfg.drl, learner.tables, learner.net_ema
+    net.eval().requires_grad_(False)
+    with torch.no_grad():
+        temb = net.time_features(torch.arange(learner.levels, device=learner.device))
+    coef = torch.stack([tb.step**2, tb.inv_s2, tb.pull, c.eval_noise_scale * tb.step], dim=1)
+    step = LangevinStepGraph(net, temb, coef, dtype).to(device).eval()
+    scale = [float(v) for v in tb.scale.tolist()]
+
+    def noise(seed: int) -> tuple[Tensor, Tensor]:
+        stream = NoiseStream(seed, learner.cfg.model.nz, learner.noise_width("drl"))
+        x_top, xi = learner.split_noise(stream.take(batch).flatten(1))
+        return x_top.to(device), xi.to(device)
+
+    def drive(graphs: dict[str, Callable[..., Tensor]], seed: int) -> Tensor:
+        x, xi = noise(seed)
+        for j, level in enumerate(range(learner.levels - 1, -1, -1)):
+            t = torch.full((1,), level, dtype=torch.int64, device=device)
+            x_tilde = y = x
+            for k in range(c.langevin_steps):
+                y = graphs["step"](t, y, x_tilde, xi[j, k])
+            x = y / scale[level]
+        return x
+
+    def reference(seed: int) -> Tensor:
+        stream = NoiseStream(seed, learner.cfg.model.nz, learner.noise_width("drl"))
+        with torch.no_grad():
+            return learner.sample_from("drl", stream, batch).to(device)
+
+    x_top, xi = noise(0)
+    # x̃ must be its own tensor: an input passed twice is traced as one (the graph would then ignore x̃).
+    example = (torch.full((1,), c.levels - 1, dtype=torch.int64, device=device), x_top, x_top.clone(), xi[0, 0])
+    info = {"levels": c.levels, "langevin_steps": c.langevin_steps, "noise_scale": c.eval_noise_scale,
+            "scale": scale, "image_shape": list(x_top.shape[1:])}
+    return SamplerGraphs({"step": GraphSpec(step, example, ("t", "y", "x_tilde", "xi"), "y_next")}, drive,
+                         reference, DRIVER, dict(NOISE), info, net.state_dict())
 
 
 # Seed 002 abstract: unconditional CIFAR-10 FID 9.58 (the T6 setting).
@@ -399,4 +442,4 @@ PAPER: dict[str, dict[str, float]] = {"cifar10": {"fid_drl": 9.58}}
 
 METHOD = Method("drl", "Diffusion recovery likelihood (Gao et al., ICLR 2021): T conditional EBMs along a diffusion, "
                 "sampled level by level", build, _state_keys, _estimate, kinds=("drl",), exportable=True,
-                export=_export, metrics=("mse", "chains"), paper=PAPER)
+                export_graphs=export_graphs, metrics=("mse", "chains"), paper=PAPER)

@@ -46,6 +46,7 @@ __all__ = [
     "DRLResBlock",
     "DRLEnergyNet",
     "DRL_NETS",
+    "LangevinStepGraph",
     "build_drl_energy",
     "forward_macs",
     "frozen_u",
@@ -347,3 +348,34 @@ def spectral_norm_macs(net: nn.Module) -> int:
     """MACs of one call's power iterations over every :class:`SpectralNorm` in ``net``: 3·numel(W) each
     (v = uW, u = Wv, σ = u·(Wv)); paid once per forward call whatever the batch size."""
     return sum(3 * m.layer.weight.numel() for m in net.modules() if isinstance(m, SpectralNorm))
+
+
+class LangevinStepGraph(nn.Module):
+    """One Langevin step of the conditional EBM at a level given as input, as a plain forward graph (no autograd, no
+    random op), what ``engine.export`` exports for DRL's sampler (``docs/methods/drl.md`` §3):
+
+        (t (1,) int64, y, x̃, ξ (B, C, S, S)) -> y + ½s_t²·(∇_y f(y, t)/s_t² − 2c_t·(y − x̃)) + n·s_t·ξ
+
+    i.e. y + ½s_t²·∇_y log p(y | x̃, t) + n·s_t·ξ with log p = f/s_t² − c_t‖y − x̃‖², c_t = r_t/(2σ_{t+1}²). Constants:
+    ``temb`` (T, 4ch) the levels' time features, ``coef`` (T, 4) = [s_t², 1/s_t², c_t, n·s_t]. ``dtype``: the
+    network's autocast dtype (the step arithmetic stays fp32). ∇_y f is :func:`score_and_input_grad`'s.
+    """
+
+    temb: Tensor
+    coef: Tensor
+
+    def __init__(self, net: DRLEnergyNet, temb: Tensor, coef: Tensor, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("temb", temb, persistent=False)
+        self.register_buffer("coef", coef.float(), persistent=False)
+        self.dtype = dtype
+
+    def forward(self, t: Tensor, y: Tensor, x_tilde: Tensor, xi: Tensor) -> Tensor:
+        c = self.coef[t]  # (1, 4)
+        cast = (torch.autocast(y.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                else contextlib.nullcontext())
+        with frozen_u(self.net), cast:
+            _, g = score_and_input_grad(self.net, y, self.temb[t].expand(y.shape[0], -1))
+        grad = g.float() * c[:, 1] - 2.0 * c[:, 2] * (y - x_tilde)
+        return y + 0.5 * c[:, 0] * grad + c[:, 3] * xi
