@@ -263,7 +263,7 @@ def test_explicit_input_gradient_is_autograds() -> None:
 
 def _chain_at_level(learner: DRLLearner, level: int, noise: torch.Tensor, x_tilde: torch.Tensor,
                     ema: bool) -> torch.Tensor:
-    t = torch.full((x_tilde.shape[0],), level, dtype=torch.int64)
+    t = torch.full((x_tilde.shape[0],), level, dtype=torch.int64, device=x_tilde.device)
     return learner.recover(x_tilde, t, ema=ema, noise_scale=0.99 if ema else 1.0, rng=None, noise=noise)
 
 
