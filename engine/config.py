@@ -39,12 +39,13 @@ from engine.schema import doc as _opt
 from engine.schema import num as _num
 from engine.schema import section as _section
 
-__all__ = ["RESUMABLE_CHANGES", "SEED_MAX", "ChainConfig", "Config", "ConfigError", "CoopVAEConfig", "DataConfig",
-           "DiffusionConfig", "EvalConfig", "LangevinConfig", "LogConfig", "ModelConfig", "OptimConfig", "PerfConfig",
-           "SystemConfig", "TrainConfig", "describe_fields", "dump_config", "from_dict", "load_config",
+__all__ = ["RESUMABLE_CHANGES", "SEED_MAX", "ChainConfig", "Config", "ConfigError", "CoopVAEConfig", "DRLConfig",
+           "DataConfig", "DiffusionConfig", "EvalConfig", "LangevinConfig", "LogConfig", "ModelConfig", "OptimConfig",
+           "PerfConfig", "SystemConfig", "TrainConfig", "describe_fields", "dump_config", "from_dict", "load_config",
            "parse_override", "resume_differences", "to_dict", "validate"]
 
 COOPVAE_ARCHS = ("cifar10", "digits")  # engine.models.coopvae.COOPVAE_ARCHS (a test keeps the two equal)
+DRL_ARCHS = ("cifar10", "digits")  # engine.models.drl.DRL_NETS (a test keeps the two equal)
 SEED_MAX = 2**32 - 1  # seeds are offset (+1 for grids, +1,000,003 per rollback) and must stay within 64 bits
 
 
@@ -221,6 +222,36 @@ class CoopVAEConfig:
                                  "50,000 / 250)")
 
 
+@dataclass
+class DRLConfig:
+    """Diffusion recovery likelihood (``method: drl``; Gao, Song, Poole, Wu, Kingma, ICLR 2021): T conditional EBMs
+    p(x_t | x_{t+1}) along a diffusion, each learnt from short conditional Langevin chains. Defaults are the authors'
+    released code (ruiqigao/recovery_likelihood @ c77cc05; every number with its source in docs/methods/drl.md)."""
+
+    levels: int = _num(6, ge=2, le=501, doc="T, the number of EBM levels (the T6 setting, README.md:52); the code's "
+                       "schedule cuts T levels from a 1000-step linear-beta grid and degenerates above 501")
+    beta_start: float = _num(1e-4, gt=0.0, lt=1.0, doc="first beta of the 1000-step DDPM grid (model.py:51)")
+    beta_end: float = _num(0.02, gt=0.0, lt=1.0, doc="last beta of that grid (model.py:51); must exceed beta_start")
+    langevin_steps: int = _num(30, ge=1, le=10_000, doc="K Langevin updates per level, training and sampling "
+                               "(mcmc_num_steps, config.py:58)")
+    b_square: float = _num(2e-4, gt=0.0, le=10.0, doc="b^2 of the step size s_t^2 = (sigma_cum_t / sigma_cum_0) * "
+                           "b^2 * sigma_{t+1}^2 (mcmc_step_size_b_square, config.py:59; model.py:173-174)")
+    noise_scale: float = _num(1.0, gt=0.0, le=10.0, doc="factor n on the chain's noise s_t * xi in training "
+                              "(noise_scale, config.py:55); > 0: the engine's chain runs in units of n * s_t")
+    eval_noise_scale: float = _num(0.99, gt=0.0, le=10.0, doc="the same factor for samples, grids, FID, chains and "
+                                   "exports (README.md:43's evaluation: --noise_scale=0.99)")
+    lr: float = _num(1e-4, gt=0.0, le=1.0, doc="Adam learning rate after warm-up, constant (lr, config.py:24)")
+    warmup: int = _num(1000, ge=0, le=10**9, doc="linear warm-up: update k (from 0) uses lr * min(1, k / warmup) "
+                       "(config.py:28, train_utils.py:25-33); 0 = none")
+    beta1: float = _num(0.9, ge=0.0, lt=1.0, doc="Adam beta1 (beta_1, config.py:25)")
+    beta2: float = _num(0.999, ge=0.0, lt=1.0, doc="Adam beta2 (Keras default)")
+    eps: float = _num(1e-7, gt=0.0, le=1.0, doc="Adam epsilon (Keras default 1e-7; PyTorch's is 1e-8)")
+    ema_decay: float = _num(0.999, ge=0.0, lt=1.0, doc="EMA of every weight and spectral-norm vector after each "
+                            "update; the EMA net draws samples (ma_decay, config.py:54)")
+    recon_level: int = _num(1, ge=1, le=501, doc="[ours] reconstruction (test MSE, recon grid): diffuse the image to "
+                            "this level, then run the sampler's chains from it down to level 0; <= levels")
+
+
 Switch = Literal["auto", "on", "off"]
 
 
@@ -270,9 +301,10 @@ class PerfConfig:
 
 @dataclass
 class Config:
-    method: Literal["damc", "lebm", "coopvae"] = _opt(
+    method: Literal["damc", "lebm", "coopvae", "drl"] = _opt(
         "damc", "the learner (engine/learners/): damc; lebm: short-run chains from N(0, I) (spec §8); coopvae: "
-        "CoopVAEBM, an image-space EBM taught by a VAE (docs/methods/coopvae.md)")
+        "CoopVAEBM, an image-space EBM taught by a VAE (docs/methods/coopvae.md); drl: diffusion recovery "
+        "likelihood, T conditional EBMs along a diffusion (docs/methods/drl.md)")
     model: ModelConfig = _section(ModelConfig, "network sizes (spec §1)")
     data: DataConfig = _section(DataConfig, "training data")
     diffusion: DiffusionConfig = _section(DiffusionConfig, "the latent diffusion amortizer (spec §2)")
@@ -284,6 +316,7 @@ class Config:
     system: SystemConfig = _section(SystemConfig, "device and CPU threads")
     perf: PerfConfig = _section(PerfConfig, "speed switches")
     coopvae: CoopVAEConfig = _section(CoopVAEConfig, "CoopVAEBM (method coopvae)")
+    drl: DRLConfig = _section(DRLConfig, "diffusion recovery likelihood (method drl)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,6 +357,15 @@ def validate(cfg: Config) -> Config:
     if cfg.method == "coopvae" and cfg.model.arch not in COOPVAE_ARCHS:
         raise ConfigError(f"model.arch = {cfg.model.arch!r}: method coopvae has the networks of "
                           f"{', '.join(repr(a) for a in COOPVAE_ARCHS)} (engine/models/coopvae.py)")
+    if cfg.method == "drl":
+        d = cfg.drl
+        if cfg.model.arch not in DRL_ARCHS:
+            raise ConfigError(f"model.arch = {cfg.model.arch!r}: method drl has the networks of "
+                              f"{', '.join(repr(a) for a in DRL_ARCHS)} (engine/models/drl.py)")
+        if d.beta_start >= d.beta_end:
+            raise ConfigError(f"drl.beta_start = {d.beta_start!r}: must be < drl.beta_end ({d.beta_end!r})")
+        if d.recon_level > d.levels:
+            raise ConfigError(f"drl.recon_level = {d.recon_level!r}: must be <= drl.levels ({d.levels!r})")
     return cfg
 
 

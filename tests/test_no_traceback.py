@@ -26,6 +26,7 @@ from engine.run.train import main as train_main
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 COOP = str(REPO / "configs" / "coopvae_quickstart.yaml")
+DRLQ = str(REPO / "configs" / "drl_quickstart.yaml")
 TINY = ["model.ngf=8", "model.nif=8", "model.nemb=32", "model.nz=8", "diffusion.n_steps=8",
         "langevin.posterior.n_steps=4", "langevin.prior.n_steps=4", "diffusion.updates_per_iter=2",
         "train.batch_size=16", "eval.n_samples=8", "eval.lebm_steps=2", "log.sample_every=1000",
@@ -102,6 +103,24 @@ def _train_cases(w: dict[str, Path]) -> list[tuple[str, list[str | bytes]]]:
         ("coopvae: huge sizes do not fit", [COOP, "coopvae.n_chains=65536", "model.arch=cifar10", "data.source=folder",
                                             f"data.root={w['folder']}", *fresh]),
         ("coopvae: resume a DAMC run as coopvae", [COOP, f"log.run_dir={run}", "train.iterations=4"]),
+        # DRL's fields (engine.config.DRLConfig)
+        ("drl: one level", [DRLQ, "drl.levels=1", *fresh]),
+        ("drl: 1000 levels (the code's schedule stops at 501)", [DRLQ, "drl.levels=1000", *fresh]),
+        ("drl: zero Langevin steps", [DRLQ, "drl.langevin_steps=0", *fresh]),
+        ("drl: nan b_square", [DRLQ, "drl.b_square=nan", *fresh]),
+        ("drl: zero noise scale", [DRLQ, "drl.noise_scale=0", *fresh]),
+        ("drl: inf eval noise scale", [DRLQ, "drl.eval_noise_scale=inf", *fresh]),
+        ("drl: beta_start above beta_end", [DRLQ, "drl.beta_start=0.5", *fresh]),
+        ("drl: 1e400 learning rate", [DRLQ, "drl.lr=1e400", *fresh]),
+        ("drl: EMA decay 1", [DRLQ, "drl.ema_decay=1.0", *fresh]),
+        ("drl: negative warm-up", [DRLQ, "drl.warmup=-1", *fresh]),
+        ("drl: recon level above the levels", [DRLQ, "drl.recon_level=7", *fresh]),
+        ("drl: unknown key", [DRLQ, "drl.mcmc_steps=3", *fresh]),
+        ("drl: an arch without its network", [DRLQ, "model.arch=svhn", "data.source=folder",
+                                              f"data.root={w['folder']}", *fresh]),
+        ("drl: huge batch does not fit", [DRLQ, "train.batch_size=65536", "model.arch=cifar10", "data.source=folder",
+                                          f"data.root={w['folder']}", *fresh]),
+        ("drl: resume a DAMC run as drl", [DRLQ, f"log.run_dir={run}", "train.iterations=4"]),
     ]
     if NO_CUDA:
         cases.append(("cuda without a GPU", [QUICK, "system.device=cuda", *fresh]))

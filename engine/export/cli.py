@@ -2,9 +2,10 @@
 [--whole | --per-step] --out DIR``: export a trained run's DAMC prior sampler.
 
 The artifact is a directory (``--out``) with the graph file(s) and ``sampler.json`` (see
-:mod:`engine.export.artifact`). Every bad request (unknown format, batch <= 0, a run without an amortizer, a
-missing package, a missing or corrupt checkpoint, an existing ``--out``) is one line naming the fix and exit
-code 2, before any work; nothing is left half-written.
+:mod:`engine.export.artifact`). A method with its own sampler graphs (:attr:`engine.learners.base.Method.export_graphs`;
+DRL's T-level sampler) is exported by :mod:`engine.export.own`. Every bad request (unknown format, batch <= 0, a
+run without an amortizer, a missing package, a missing or corrupt checkpoint, an existing ``--out``) is one line naming
+the fix and exit code 2, before any work; nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 
 from engine import learners
 from engine.config import SystemConfig
-from engine.export.artifact import FORMATS, SIDECAR, ExportError, check_writable
+from engine.export.artifact import FORMATS, SIDECAR, ExportError, Sidecar, check_writable
 from engine.export.build import ExportSpec, export_sampler
 from engine.export.graphs import PRECISIONS
+from engine.export.own import OwnSidecar, export_own
 from engine.export.runner import FORMAT_MODULES
 from engine.learners.base import article
 from engine.learners.damc import DamcLearner
@@ -143,18 +145,28 @@ def main(argv: list[str] | None = None) -> int:
         plan = _plan(args)
         learner = checkpoint.load_run(plan.run_dir, plan.spec.device, plan.ckpt)
         method = learners.get(learner.cfg.method)
-        if not method.exportable or not isinstance(learner, DamcLearner):
-            can = ", ".join(m.name.upper() for m in learners.METHODS.values() if m.exportable)
+        if not method.exportable or (method.export_graphs is None and not isinstance(learner, DamcLearner)):
+            ms = [m for m in learners.METHODS.values() if m.exportable]
+            prior = ", ".join(m.name.upper() for m in ms if m.export_graphs is None)
+            own = ", ".join(m.name.upper() for m in ms if m.export_graphs is not None)
+            also = f" (and the sampler of a {own} run)" if own else ""
             raise ExportError(f"{plan.run_dir} is {article(method.name)} {method.name.upper()} run: only the prior "
-                              f"sampler of a {can} run can be exported; sample it with python -m engine.sample "
-                              f"--method {method.kinds[0]}")
+                              f"sampler of a {prior} run can be exported{also}; sample it with python -m "
+                              f"engine.sample --method {method.kinds[0]}")
         run_info = {"run_dir": str(plan.run_dir), "checkpoint": plan.ckpt.name, "iteration": learner.iteration,
                     "method": learner.cfg.method, "arch": learner.cfg.model.arch}
         s = plan.spec
-        _say(f"exporting the DAMC prior sampler of {plan.run_dir} ({plan.ckpt.name}, iteration {learner.iteration}): "
-             f"{s.format}, {s.structure}, batch {s.batch}, {s.precision}, {s.device.type}, "
-             f"{learner.table.n_steps} steps")
-        sidecar = export_sampler(learner, s, plan.out, run_info=run_info, force=args.force, log=_say)
+        what = f"{s.format}, {s.structure}, batch {s.batch}, {s.precision}, {s.device.type}"
+        sidecar: Sidecar | OwnSidecar
+        if method.export_graphs is not None:  # the method's own graphs (engine.learners.base.Method.export_graphs)
+            _say(f"exporting the {method.name.upper()} sampler of {plan.run_dir} ({plan.ckpt.name}, iteration "
+                 f"{learner.iteration}): {what}")
+            sidecar = export_own(method, learner, s, plan.out, run_info=run_info, force=args.force, log=_say)
+        else:
+            assert isinstance(learner, DamcLearner)
+            _say(f"exporting the DAMC prior sampler of {plan.run_dir} ({plan.ckpt.name}, iteration "
+                 f"{learner.iteration}): {what}, {learner.table.n_steps} steps")
+            sidecar = export_sampler(learner, s, plan.out, run_info=run_info, force=args.force, log=_say)
     except (ExportError, CheckpointError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -141,6 +141,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.from_export and not run.exportable:
         raise ExportError(f"--from-export: {run_dir} is {a_run} (no exportable sampler); pass the run the artifact "
                           "was exported from")
+    if args.from_export and run.export_graphs is not None:
+        raise ExportError(f"--from-export drives the DAMC prior sampler's artifacts; {run_dir} is {a_run}, whose "
+                          "artifact is one step graph and the driver loop in its sampler.json; sample the run itself")
     method = args.method or run.kinds[0]
     if method not in run.kinds:
         raise ExportError(f"--method {method}: {run_dir} is {a_run}, which draws {', '.join(run.kinds)}; use "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,8 @@ from engine.runtime.perf import PerfPlan
 from engine.runtime.updates import GradSync
 from engine.sampling.noise import NoiseStream
 
-__all__ = ["Grid", "Learner", "LongRun", "Method", "SampleKind", "article", "paired_rows"]
+__all__ = ["GraphSpec", "Grid", "Learner", "LongRun", "Method", "SampleKind", "SamplerGraphs", "article",
+           "paired_rows"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,35 @@ class LongRun:
     energy: Tensor
     describe: str  # what the chain samples and what the energy is (the plot's title)
     step_size: float  # the chain's step size
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of an exported sampler: the module, example inputs, their names and the output's name."""
+
+    module: nn.Module
+    example: tuple[Tensor, ...]
+    inputs: tuple[str, ...]
+    output: str
+
+
+@dataclass(frozen=True)
+class SamplerGraphs:
+    """A method's sampler as graphs that export (every random number an input), with how to drive them.
+
+    ``drive(graphs, seed)``: the images (batch, C, H, W) the graphs (name -> callable, e.g. an onnxruntime session)
+    give on the ``engine.sample`` noise stream of ``seed``; ``reference(seed)``: the engine's own eager fp32 images on
+    the same noise (what an artifact is verified against). ``driver`` and ``noise`` say the same in words for
+    ``sampler.json``; ``info``: plain-JSON constants a driver needs (levels, step counts, scales).
+    """
+
+    graphs: dict[str, GraphSpec]
+    drive: Callable[[dict[str, Callable[..., Tensor]], int], Tensor]
+    reference: Callable[[int], Tensor]
+    driver: str
+    noise: dict[str, str]
+    info: dict[str, Any]
+    weights: dict[str, Tensor]  # what the graphs carry (hashed into the sidecar)
 
 
 class Learner(Protocol):
@@ -168,6 +198,9 @@ class Method:
     estimate: Callable[[Config, int | None], Estimate]  # memory floor at train.batch_size or an eval batch
     kinds: tuple[str, ...]  # the names of its learners' sample_kinds(), the default first
     exportable: bool = False  # engine.export has graphs for its prior sampler
+    # The method's own sampler graphs, when it has them (engine.export exports, saves and verifies them; None: the
+    # DAMC prior-sampler export of engine.export.build): (learner, batch, precision dtype, device) -> SamplerGraphs.
+    export_graphs: Callable[[Learner, int, torch.dtype, torch.device], SamplerGraphs] | None = None
     metrics: tuple[str, ...] = ("mse", "chains")  # engine.eval metrics besides the FIDs of its sample kinds
     paper: dict[str, dict[str, float]] = field(default_factory=dict)  # arch -> metric -> the paper's figure
     # The digits study's presentation (engine.eval.study): kind (or "recon") -> (row label, the paper's name), and

@@ -27,8 +27,9 @@ called, so it owns no parameters and is absent here.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,8 +45,12 @@ __all__ = [
     "timestep_embedding",
     "DRLResBlock",
     "DRLEnergyNet",
+    "DRL_NETS",
+    "LangevinStepGraph",
     "build_drl_energy",
     "forward_macs",
+    "frozen_u",
+    "score_and_input_grad",
     "spectral_norm_macs",
 ]
 
@@ -74,6 +79,8 @@ DRL_CIFAR10 = DRLNetConfig(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=8, in_ch
 # CPU quickstart on sklearn's 8×8 digits (ours; docs/methods/drl.md §5.3): ch 128 → 32, one downsampling
 # (8 → 4, the same 4×4 last resolution as CIFAR's 32 → 4), 2 blocks per resolution (config.py:42's default).
 DRL_DIGITS = DRLNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=2, in_ch=1, image_size=8)
+# model.arch -> network (engine.config.DRL_ARCHS names the same keys; a test keeps them equal).
+DRL_NETS: dict[str, DRLNetConfig] = {"cifar10": DRL_CIFAR10, "digits": DRL_DIGITS}
 
 
 def _variance_scaling_uniform_(w: Tensor, fan_in: int, fan_out: int, scale: float) -> None:
@@ -216,14 +223,14 @@ class DRLEnergyNet(nn.Module):
         """Feature-map side per level: image_size, image_size/2, … (AvgPool2 between levels, network.py:54)."""
         return [self.cfg.image_size // 2**i for i in range(len(self.cfg.ch_mult))]
 
-    def forward(self, y: Tensor, t: Tensor) -> Tensor:
-        if y.dim() != 4 or y.shape[1] != self.cfg.in_ch or y.shape[2] != y.shape[3]:
-            raise ValueError(f"y has shape {tuple(y.shape)}; expected (B, {self.cfg.in_ch}, S, S)")
-        if t.dim() == 0:
-            t = t.expand(y.shape[0])
-        temb = timestep_embedding(t, self.cfg.ch).to(y.dtype)  # (B, ch)
+    def time_features(self, t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """lrelu(temb(t)) (B, 4ch): the time MLP's output as every block and the readout read it (no y)."""
+        temb = timestep_embedding(t, self.cfg.ch).to(dtype)  # (B, ch)
         temb = self.temb_dense1(F.leaky_relu(self.temb_dense0(temb), LRELU_SLOPE))  # (B, 4ch)
-        temb_act = F.leaky_relu(temb, LRELU_SLOPE)
+        return F.leaky_relu(temb, LRELU_SLOPE)
+
+    def score(self, y: Tensor, temb_act: Tensor) -> Tensor:
+        """f_θ(y, t) (B,) given the time features of :meth:`time_features` (the part of the forward that reads y)."""
         h = self.conv_in(y)  # (B, ch, S, S)
         last = len(self.levels) - 1
         for i, blocks in enumerate(self.levels):
@@ -234,6 +241,76 @@ class DRLEnergyNet(nn.Module):
                 h = F.avg_pool2d(h, 2)  # tf.nn.avg_pool(·, 2, 2, 'SAME') on even sides
         h = F.relu(h).sum(dim=(2, 3))  # (B, ch·ch_mult[-1])
         return (h * self.temb_dense2(temb_act)).sum(dim=1)  # (B,)
+
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        if y.dim() != 4 or y.shape[1] != self.cfg.in_ch or y.shape[2] != y.shape[3]:
+            raise ValueError(f"y has shape {tuple(y.shape)}; expected (B, {self.cfg.in_ch}, S, S)")
+        if t.dim() == 0:
+            t = t.expand(y.shape[0])
+        return self.score(y, self.time_features(t, y.dtype))
+
+
+def _lrelu_grad(pre: Tensor, grad: Tensor) -> Tensor:
+    """∂lrelu(pre)/∂pre · grad: 1 for pre > 0, else the slope (tf.nn.leaky_relu's and PyTorch's gradient)."""
+    return torch.where(pre > 0, grad, grad * LRELU_SLOPE)
+
+
+def _conv_t(grad: Tensor, conv: nn.Module) -> Tensor:
+    """The input gradient of a 3×3 'SAME' conv (spectral-normed or not): its transpose applied to ``grad``."""
+    w = conv.normalized_weight() if isinstance(conv, SpectralNorm) else conv.weight
+    assert isinstance(w, Tensor)
+    return F.conv_transpose2d(grad, w, padding=1)
+
+
+def score_and_input_grad(net: DRLEnergyNet, y: Tensor, temb_act: Tensor) -> tuple[Tensor, Tensor]:
+    """(f_θ(y, t) (B,), ∂f/∂y (B, C, S, S)) with the backward written out (no autograd), for exported graphs.
+
+    Random-free, autograd-free operators only (conv, conv_transpose, where, pooling as a reshape-mean and its
+    nearest-neighbour spread), so ``torch.export`` and the ONNX exporter take it as a plain forward graph; tested
+    against autograd in tests/test_drl.py. Spectral norm runs as in :meth:`SpectralNorm.forward` (set
+    ``update_u`` False first: an exported graph holds u as a constant).
+    """
+    acts: list[tuple[Tensor, Tensor, Tensor, DRLResBlock]] = []  # per block: its input h, conv1's output, g
+    pooled: list[int] = []  # block counts after which the forward pooled
+    h = net.conv_in(y)
+    last = len(net.levels) - 1
+    for i, blocks in enumerate(net.levels):
+        assert isinstance(blocks, nn.ModuleList)
+        for block in blocks:
+            assert isinstance(block, DRLResBlock)
+            c1 = block.conv1(F.leaky_relu(h, LRELU_SLOPE)) + block.temb_proj(temb_act)[:, :, None, None]
+            acts.append((h, c1, block.g, block))
+            h2 = block.conv2(F.leaky_relu(c1, LRELU_SLOPE)) * block.g[None, :, None, None]
+            h = (h if block.shortcut is None else block.shortcut(h)) + h2
+        if i != last:
+            h = F.avg_pool2d(h, 2)
+            pooled.append(len(acts))
+    d = net.temb_dense2(temb_act)  # (B, C_last)
+    f = (F.relu(h).sum(dim=(2, 3)) * d).sum(dim=1)
+    grad = torch.where(h > 0, d[:, :, None, None].expand_as(h), torch.zeros_like(h))
+    for j in range(len(acts), 0, -1):
+        if j in pooled:  # avg_pool2d(2)'s backward: each input pixel gets a quarter of its output's gradient
+            grad = grad.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 0.25
+        h_in, c1, g, block = acts[j - 1]
+        inner = _lrelu_grad(c1, _conv_t(grad * g[None, :, None, None], block.conv2))
+        through = _lrelu_grad(h_in, _conv_t(inner, block.conv1))
+        grad = through + (grad if block.shortcut is None else _conv_t(grad, block.shortcut))
+    return f, _conv_t(grad, net.conv_in)
+
+
+@contextlib.contextmanager
+def frozen_u(*nets: nn.Module) -> Iterator[None]:
+    """Every :class:`SpectralNorm` of ``nets`` without its power-iteration update (u read, not written) inside the
+    block; the previous flags afterwards. Draws that must not move the training state use it."""
+    layers = [m for net in nets for m in net.modules() if isinstance(m, SpectralNorm)]
+    flags = [m.update_u for m in layers]
+    for m in layers:
+        m.update_u = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, flags, strict=True):
+            m.update_u = flag
 
 
 def build_drl_energy(cfg: DRLNetConfig = DRL_CIFAR10) -> DRLEnergyNet:
@@ -271,3 +348,34 @@ def spectral_norm_macs(net: nn.Module) -> int:
     """MACs of one call's power iterations over every :class:`SpectralNorm` in ``net``: 3·numel(W) each
     (v = uW, u = Wv, σ = u·(Wv)); paid once per forward call whatever the batch size."""
     return sum(3 * m.layer.weight.numel() for m in net.modules() if isinstance(m, SpectralNorm))
+
+
+class LangevinStepGraph(nn.Module):
+    """One Langevin step of the conditional EBM at a level given as input, as a plain forward graph (no autograd, no
+    random op), what ``engine.export`` exports for DRL's sampler (``docs/methods/drl.md`` §3):
+
+        (t (1,) int64, y, x̃, ξ (B, C, S, S)) -> y + ½s_t²·(∇_y f(y, t)/s_t² − 2c_t·(y − x̃)) + n·s_t·ξ
+
+    i.e. y + ½s_t²·∇_y log p(y | x̃, t) + n·s_t·ξ with log p = f/s_t² − c_t‖y − x̃‖², c_t = r_t/(2σ_{t+1}²). Constants:
+    ``temb`` (T, 4ch) the levels' time features, ``coef`` (T, 4) = [s_t², 1/s_t², c_t, n·s_t]. ``dtype``: the
+    network's autocast dtype (the step arithmetic stays fp32). ∇_y f is :func:`score_and_input_grad`'s.
+    """
+
+    temb: Tensor
+    coef: Tensor
+
+    def __init__(self, net: DRLEnergyNet, temb: Tensor, coef: Tensor, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("temb", temb, persistent=False)
+        self.register_buffer("coef", coef.float(), persistent=False)
+        self.dtype = dtype
+
+    def forward(self, t: Tensor, y: Tensor, x_tilde: Tensor, xi: Tensor) -> Tensor:
+        c = self.coef[t]  # (1, 4)
+        cast = (torch.autocast(y.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                else contextlib.nullcontext())
+        with frozen_u(self.net), cast:
+            _, g = score_and_input_grad(self.net, y, self.temb[t].expand(y.shape[0], -1))
+        grad = g.float() * c[:, 1] - 2.0 * c[:, 2] * (y - x_tilde)
+        return y + 0.5 * c[:, 0] * grad + c[:, 3] * xi
