@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from engine.config import Config
-from engine.learners import coopvae, damc, lebm
+from engine.learners import coopvae, damc, dualmcmc, lebm
 from engine.learners.base import Grid, Learner, LongRun, Method, SampleKind
 
 __all__ = ["METHODS", "Grid", "Learner", "LongRun", "Method", "SampleKind", "build_learner", "get"]
@@ -19,6 +19,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     damc.METHOD,
     lebm.METHOD,
     coopvae.METHOD,
+    dualmcmc.METHOD,
 )}
 
 
