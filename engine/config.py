@@ -253,7 +253,7 @@ class DualMCMCConfig:
     inf_decay: float = _num(5e-4, ge=0.0, le=10.0, doc="inference Adam weight decay (i_decay)")
     lr_gamma: float = _num(0.998, gt=0.0, le=1.0, doc="every LR times gamma^epoch (ExponentialLR, e/g/i_gamma)")
     epoch_iterations: int = _num(500, ge=1, le=10**9, doc="iterations per epoch (CIFAR-10: 50,000 / 100)")
-    explode: float = _num(1e4, gt=0.0, le=1e30, doc="stop (the divergence guard) once |mean E(x) - mean E(x~)| > it")
+    explode: float = _num(1e4, gt=0.0, le=1e20, doc="stop (the divergence guard) once |mean E(x) - mean E(x~)| > it")
     ngf: int = _num(0, ge=0, le=4096, doc="generator width; 0: the arch's (cifar10 512, celeba64 1024, digits 64)")
     ndf: int = _num(0, ge=0, le=4096, doc="EBM width; 0: the arch's (cifar10 512, celeba64 1024, digits 64)")
     nif: int = _num(0, ge=0, le=4096, doc="inference width; 0: the arch's (128; digits 16)")
