@@ -137,10 +137,11 @@ if [ "$WHAT" != tests ]; then
   rm -f "$OUT"/bench_main.json* "$OUT"/bench_variants.json*
   DAMC_BENCH_STREAM="$OUT/bench_main.jsonl" stage bench_main "$(limit 210 30)" "${PYTEST[@]}" bench/bench_phases.py \
     bench/bench_device.py --benchmark-only "--benchmark-json=$OUT/bench_main.json"
-  # CoopVAEBM's iteration and its EBM chain, reference vs fast, at the authors' CIFAR-10 sizes (900 chains); DRL's
-  # iteration, one level's chain and the T-level sampler on the authors' CIFAR-10 network (bench/bench_drl.py).
-  DAMC_BENCH_STREAM="$OUT/bench_learners.jsonl" stage bench_learners "$(limit 120 30)" "${PYTEST[@]}" \
-    bench/bench_coopvae.py bench/bench_drl.py --benchmark-only "--benchmark-json=$OUT/bench_learners.json"
+  # CoopVAEBM's iteration and its EBM chain (900 chains), Dual-MCMC's iteration and its two chains (batch 100), DRL's
+  # iteration, one level's chain and the T-level sampler, reference vs fast, at the authors' CIFAR-10 sizes.
+  DAMC_BENCH_STREAM="$OUT/bench_learners.jsonl" stage bench_learners "$(limit 180 30)" "${PYTEST[@]}" \
+    bench/bench_coopvae.py bench/bench_dualmcmc.py bench/bench_drl.py --benchmark-only \
+    "--benchmark-json=$OUT/bench_learners.json"
   # One call of the posterior chain, the Q updates and the prior sampling under torch.profiler (issue 14 item 4).
   stage profile "$(limit 90 30)" "$PY" -m bench.profile --out "$OUT"
   # Multi-GPU scaling (issue 16) only where there are >= 2 GPUs (the lent machines have one).

@@ -12,6 +12,10 @@ control characters. The bounds are sanity limits, documented in ``--show-config`
 the machine's memory is estimated separately before any work (:mod:`engine.run.budget`). YAML is read
 strictly: a duplicate key and a YAML 1.1 surprise (``010`` read as octal 8, ``1:30`` read as 90) are
 refused with one line instead of silently winning.
+
+over 500 lines: every learner's section (``coopvae``, ``dualmcmc``, ``drl``) sits beside DAMC's, so one ``Config``
+is validated, shown by ``--show-config`` and compared on resume in one place; a per-learner module of sections is
+the next split when another learner arrives.
 """
 
 from __future__ import annotations
@@ -40,12 +44,13 @@ from engine.schema import num as _num
 from engine.schema import section as _section
 
 __all__ = ["RESUMABLE_CHANGES", "SEED_MAX", "ChainConfig", "Config", "ConfigError", "CoopVAEConfig", "DRLConfig",
-           "DataConfig", "DiffusionConfig", "EvalConfig", "LangevinConfig", "LogConfig", "ModelConfig", "OptimConfig",
-           "PerfConfig", "SystemConfig", "TrainConfig", "describe_fields", "dump_config", "from_dict", "load_config",
-           "parse_override", "resume_differences", "to_dict", "validate"]
+           "DataConfig", "DiffusionConfig", "DualMCMCConfig", "EvalConfig", "LangevinConfig", "LogConfig",
+           "ModelConfig", "OptimConfig", "PerfConfig", "SystemConfig", "TrainConfig", "describe_fields", "dump_config",
+           "from_dict", "load_config", "parse_override", "resume_differences", "to_dict", "validate"]
 
 COOPVAE_ARCHS = ("cifar10", "digits")  # engine.models.coopvae.COOPVAE_ARCHS (a test keeps the two equal)
 DRL_ARCHS = ("cifar10", "digits")  # engine.models.drl.DRL_NETS (a test keeps the two equal)
+DUALMCMC_ARCHS = ("cifar10", "celeba64", "digits")  # engine.models.dualmcmc.DUALMCMC_ARCHS (tested equal)
 SEED_MAX = 2**32 - 1  # seeds are offset (+1 for grids, +1,000,003 per rollback) and must stay within 64 bits
 
 
@@ -250,6 +255,42 @@ class DRLConfig:
                             "update; the EMA net draws samples (ma_decay, config.py:54)")
     recon_level: int = _num(1, ge=1, le=501, doc="[ours] reconstruction (test MSE, recon grid): diffuse the image to "
                             "this level, then run the sampler's chains from it down to level 0; <= levels")
+class DualMCMCConfig:
+    """Dual-MCMC Teaching (``method: dualmcmc``; Cui & Han, NeurIPS 2023): EBM E(x), generator g(z), inference q(z|x).
+    Defaults are the authors' code (jcui1224/dual-MCMC aac3c4c, CIFAR-10; sources in docs/methods/dualmcmc.md).
+    Both chains are x - s^2/2 grad U + n*eps with the noise scale n apart from the step s, as the code has them."""
+
+    ebm_chain: ChainConfig = _section(lambda: ChainConfig(n_steps=30, step_size=0.5, noise=True),
+                                      "the EBM's x-chain from g(z): e_l_steps 30, e_l_step_size 0.5, use_noise")
+    ebm_noise: float = _num(1e-3, gt=0.0, le=10.0, doc="noise scale n of the x-chain (e_n_step_size); T = (n/s)^2")
+    posterior: ChainConfig = _section(lambda: ChainConfig(n_steps=10, step_size=0.1, noise=True),
+                                      "the z-chain from q(z|x) on |x - g(z)|^2/sigma^2 + |z|^2/(2 prior_sigma^2)")
+    posterior_noise: float = _num(0.1, gt=0.0, le=10.0, doc="noise scale of the z-chain (n_step_size)")
+    sigma: float = _num(0.3, ge=1e-4, le=100.0, doc="sig of the z-chain's |x - g(z)|^2/sig^2 (no 1/2 in the code)")
+    prior_sigma: float = _num(1.0, ge=1e-4, le=100.0, doc="prior_sig: p(z) = N(0, prior_sigma^2 I)")
+    eval_steps: int = _num(70, ge=0, le=100_000, doc="x-chain steps of the 'ebm' sample kind (task_fid.py: 70)")
+    eval_step_size: float = _num(0.4, ge=1e-6, le=10.0, doc="x-chain step of the 'ebm' kind (task_fid.py: 0.4)")
+    fine_tune: bool = _opt(True, "[code] the EBM's negatives: a second x-chain from the updated g(z); false: g(z)")
+    use_temp: bool = _opt(True, "the EBM loss divided by T = (ebm_noise / ebm_chain.step_size)^2 (use_temp)")
+    gen_weight: float = _num(1.0, ge=0.0, le=1e6, doc="Gfactor: the data terms of the G and I losses")
+    sample_weight: float = _num(50.0, ge=0.0, le=1e6, doc="Sfactor: |g(z) - x~|^2 in the G loss (CelebA-64: 70)")
+    inf_weight: float = _num(0.1, ge=0.0, le=1e6, doc="Ifactor: -log q(z | x~) in the I loss")
+    ebm_lr: float = _num(1e-4, gt=0.0, le=1.0, doc="EBM Adam learning rate (lrE)")
+    gen_lr: float = _num(3e-4, gt=0.0, le=1.0, doc="generator Adam learning rate (lrG)")
+    inf_lr: float = _num(1e-4, gt=0.0, le=1.0, doc="inference-model Adam learning rate (lrI)")
+    beta1: float = _num(0.0, ge=0.0, lt=1.0, doc="Adam beta1 of the three optimizers (beta1E/G/I)")
+    beta2: float = _num(0.9, ge=0.0, lt=1.0, doc="Adam beta2 (train.py: betas=(beta1, 0.9))")
+    ebm_decay: float = _num(0.0, ge=0.0, le=10.0, doc="EBM Adam (coupled L2) weight decay (e_decay)")
+    gen_decay: float = _num(5e-4, ge=0.0, le=10.0, doc="generator Adam weight decay (g_decay)")
+    inf_decay: float = _num(5e-4, ge=0.0, le=10.0, doc="inference Adam weight decay (i_decay)")
+    lr_gamma: float = _num(0.998, gt=0.0, le=1.0, doc="every LR times gamma^epoch (ExponentialLR, e/g/i_gamma)")
+    epoch_iterations: int = _num(500, ge=1, le=10**9, doc="iterations per epoch (CIFAR-10: 50,000 / 100)")
+    explode: float = _num(1e4, gt=0.0, le=1e20, doc="stop (the divergence guard) once |mean E(x) - mean E(x~)| > it")
+    ngf: int = _num(0, ge=0, le=4096, doc="generator width; 0: the arch's (cifar10 512, celeba64 1024, digits 64)")
+    ndf: int = _num(0, ge=0, le=4096, doc="EBM width; 0: the arch's (cifar10 512, celeba64 1024, digits 64)")
+    nif: int = _num(0, ge=0, le=4096, doc="inference width; 0: the arch's (128; digits 16)")
+    batch_stats: bool = _opt(True, "[code] draws with G's BatchNorm on batch statistics and E's spectral-norm power "
+                             "iteration (train mode, as task_fid.py); false: eval mode")
 
 
 Switch = Literal["auto", "on", "off"]
@@ -301,10 +342,11 @@ class PerfConfig:
 
 @dataclass
 class Config:
-    method: Literal["damc", "lebm", "coopvae", "drl"] = _opt(
+    method: Literal["damc", "lebm", "coopvae", "dualmcmc", "drl"] = _opt(
         "damc", "the learner (engine/learners/): damc; lebm: short-run chains from N(0, I) (spec §8); coopvae: "
-        "CoopVAEBM, an image-space EBM taught by a VAE (docs/methods/coopvae.md); drl: diffusion recovery "
-        "likelihood, T conditional EBMs along a diffusion (docs/methods/drl.md)")
+        "CoopVAEBM, an image-space EBM taught by a VAE (docs/methods/coopvae.md); dualmcmc: Dual-MCMC Teaching "
+        "(docs/methods/dualmcmc.md); drl: diffusion recovery likelihood, T conditional EBMs along a diffusion "
+        "(docs/methods/drl.md)")
     model: ModelConfig = _section(ModelConfig, "network sizes (spec §1)")
     data: DataConfig = _section(DataConfig, "training data")
     diffusion: DiffusionConfig = _section(DiffusionConfig, "the latent diffusion amortizer (spec §2)")
@@ -317,6 +359,7 @@ class Config:
     perf: PerfConfig = _section(PerfConfig, "speed switches")
     coopvae: CoopVAEConfig = _section(CoopVAEConfig, "CoopVAEBM (method coopvae)")
     drl: DRLConfig = _section(DRLConfig, "diffusion recovery likelihood (method drl)")
+    dualmcmc: DualMCMCConfig = _section(DualMCMCConfig, "Dual-MCMC Teaching (method dualmcmc)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -366,6 +409,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"drl.beta_start = {d.beta_start!r}: must be < drl.beta_end ({d.beta_end!r})")
         if d.recon_level > d.levels:
             raise ConfigError(f"drl.recon_level = {d.recon_level!r}: must be <= drl.levels ({d.levels!r})")
+    if cfg.method == "dualmcmc" and cfg.model.arch not in DUALMCMC_ARCHS:
+        raise ConfigError(f"model.arch = {cfg.model.arch!r}: method dualmcmc has the networks of "
+                          f"{', '.join(repr(a) for a in DUALMCMC_ARCHS)} (engine/models/dualmcmc.py)")
     return cfg
 
 

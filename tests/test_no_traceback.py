@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 COOP = str(REPO / "configs" / "coopvae_quickstart.yaml")
 DRLQ = str(REPO / "configs" / "drl_quickstart.yaml")
+DUAL = str(REPO / "configs" / "dualmcmc_quickstart.yaml")
 TINY = ["model.ngf=8", "model.nif=8", "model.nemb=32", "model.nz=8", "diffusion.n_steps=8",
         "langevin.posterior.n_steps=4", "langevin.prior.n_steps=4", "diffusion.updates_per_iter=2",
         "train.batch_size=16", "eval.n_samples=8", "eval.lebm_steps=2", "log.sample_every=1000",
@@ -121,6 +122,23 @@ def _train_cases(w: dict[str, Path]) -> list[tuple[str, list[str | bytes]]]:
         ("drl: huge batch does not fit", [DRLQ, "train.batch_size=65536", "model.arch=cifar10", "data.source=folder",
                                           f"data.root={w['folder']}", *fresh]),
         ("drl: resume a DAMC run as drl", [DRLQ, f"log.run_dir={run}", "train.iterations=4"]),
+        # Dual-MCMC's fields (engine.config.DualMCMCConfig)
+        ("dualmcmc: unknown method", [QUICK, "method=dualmcm", *fresh]),
+        ("dualmcmc: nan sigma", [DUAL, "dualmcmc.sigma=nan", *fresh]),
+        ("dualmcmc: zero x-chain noise scale", [DUAL, "dualmcmc.ebm_noise=0", *fresh]),
+        ("dualmcmc: inf generator learning rate", [DUAL, "dualmcmc.gen_lr=inf", *fresh]),
+        ("dualmcmc: beta2 of 1", [DUAL, "dualmcmc.beta2=1", *fresh]),
+        ("dualmcmc: negative posterior steps", [DUAL, "dualmcmc.posterior.n_steps=-1", *fresh]),
+        ("dualmcmc: 1e400 x-chain step", [DUAL, "dualmcmc.ebm_chain.step_size=1e400", *fresh]),
+        ("dualmcmc: a billion evaluation steps", [DUAL, "dualmcmc.eval_steps=1000000000", *fresh]),
+        ("dualmcmc: a width of 100000", [DUAL, "dualmcmc.ngf=100000", *fresh]),
+        ("dualmcmc: unknown key", [DUAL, "dualmcmc.Sfactor=50", *fresh]),
+        ("dualmcmc: an arch without its networks", [DUAL, "model.arch=svhn", "data.source=folder",
+                                                    f"data.root={w['folder']}", *fresh]),
+        ("dualmcmc: huge sizes do not fit", [DUAL, "model.arch=celeba64", "dualmcmc.ngf=4096", "dualmcmc.ndf=4096",
+                                             "train.batch_size=65536", "data.source=folder",
+                                             f"data.root={w['folder']}", *fresh]),
+        ("dualmcmc: resume a DAMC run as dualmcmc", [DUAL, f"log.run_dir={run}", "train.iterations=4"]),
     ]
     if NO_CUDA:
         cases.append(("cuda without a GPU", [QUICK, "system.device=cuda", *fresh]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from engine.config import Config
-from engine.learners import coopvae, damc, drl, lebm
+from engine.learners import coopvae, damc, drl, dualmcmc, lebm
 from engine.learners.base import Grid, Learner, LongRun, Method, SampleKind
 
 __all__ = ["METHODS", "Grid", "Learner", "LongRun", "Method", "SampleKind", "build_learner", "get"]
@@ -20,6 +20,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     lebm.METHOD,
     coopvae.METHOD,
     drl.METHOD,
+    dualmcmc.METHOD,
 )}
 
 
