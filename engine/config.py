@@ -255,6 +255,9 @@ class DRLConfig:
                             "update; the EMA net draws samples (ma_decay, config.py:54)")
     recon_level: int = _num(1, ge=1, le=501, doc="[ours] reconstruction (test MSE, recon grid): diffuse the image to "
                             "this level, then run the sampler's chains from it down to level 0; <= levels")
+
+
+@dataclass
 class DualMCMCConfig:
     """Dual-MCMC Teaching (``method: dualmcmc``; Cui & Han, NeurIPS 2023): EBM E(x), generator g(z), inference q(z|x).
     Defaults are the authors' code (jcui1224/dual-MCMC aac3c4c, CIFAR-10; sources in docs/methods/dualmcmc.md).

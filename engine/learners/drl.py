@@ -442,4 +442,8 @@ PAPER: dict[str, dict[str, float]] = {"cifar10": {"fid_drl": 9.58}}
 
 METHOD = Method("drl", "Diffusion recovery likelihood (Gao et al., ICLR 2021): T conditional EBMs along a diffusion, "
                 "sampled level by level", build, _state_keys, _estimate, kinds=("drl",), exportable=True,
-                export_graphs=export_graphs, metrics=("mse", "chains"), paper=PAPER)
+                export_graphs=export_graphs, metrics=("mse", "chains"), paper=PAPER,
+                study_labels={"drl": ("DRL samples (the T-level sampler from N(0, I), EMA net)", ""),
+                              "recon": ("recoveries of the noised test split (level 1 -> 0), DRL run", "")},
+                study_comparisons=tuple(("DRL samples vs DAMC prior samples", metric, ("drl", "drl"), ("damc", "damc"))
+                                        for metric in ("kid", "fid")))

@@ -421,4 +421,12 @@ PAPER: dict[str, dict[str, float]] = {"cifar10": {"fid_ebm": 9.26}, "celeba64": 
 
 METHOD = Method("dualmcmc", "Dual-MCMC Teaching (Cui & Han, NeurIPS 2023): an image-space EBM, a generator and an "
                 "inference model, MCMC in both spaces", build, _state_keys, _estimate, kinds=("ebm", "gen"),
-                exportable=False, metrics=("mse", "chains"), paper=PAPER)
+                exportable=False, metrics=("mse", "chains"), paper=PAPER,
+                study_labels={"ebm": ("Dual-MCMC EBM samples (the generator's draw revised by the EBM's chain)", ""),
+                              "gen": ("Dual-MCMC generator samples g(z)", ""),
+                              "recon": ("reconstructions of the test split, Dual-MCMC run", "")},
+                study_comparisons=tuple(  # the paper's ordering: Dual-MCMC (FID 9.26) beats the cooperative EBM
+                    (name, metric, ("dualmcmc", "ebm"), other) for metric in ("kid", "fid") for name, other in (
+                        ("Dual-MCMC EBM samples < CoopVAEBM EBM samples", ("coopvae", "ebm")),
+                        ("Dual-MCMC EBM samples vs DAMC prior samples", ("damc", "damc")),
+                        ("Dual-MCMC EBM samples < its generator's samples", ("dualmcmc", "gen")))))
