@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -446,11 +447,43 @@ def test_export_onnx_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert {d for d, _ in ops} <= {""} and not {op for _, op in ops if op.startswith("Random")}  # no random op
     learner = checkpoint.load_run(run, CPU)
     graphs = export_graphs(learner, 3, torch.float32, CPU)
-    got = graphs.drive(load_graphs(out, sidecar, CPU), 11)  # the artifact on the stream of seed 11 ...
-    want = learner.sample_from("drl", NoiseStream(11, learner.cfg.model.nz, learner.noise_width("drl")), 3)
+    stream = NoiseStream(11, learner.cfg.model.nz, learner.noise_width("drl"))
+    got = graphs.drive(load_graphs(out, sidecar, CPU), graphs.stream(11), 3)  # the artifact on seed 11's stream ...
+    want = learner.sample_from("drl", stream, 3)
     assert torch.allclose(got, want, atol=1e-4)  # ... is the engine's sampler on it
     capsys.readouterr()
     assert export_main([str(run), "--format", "onnx", "--batch", "3", "--whole", "--out", str(tmp_path / "w")]) == 2
     assert "step graph and the driver loop" in capsys.readouterr().err
-    assert sample_main([str(run), "--n", "2", "--out", str(tmp_path / "x"), "--from-export", str(out)]) == 2
-    assert "sample the run itself" in capsys.readouterr().err
+
+    # engine.sample --from-export: 5 images in batches of 3 and 2 (the last padded to the static batch) are the
+    # run's own 5 on the same seed, image by image.
+    for name, extra in (("own", []), ("exp", ["--from-export", str(out)])):
+        assert sample_main([str(run), "--n", "5", "--seed", "4", "--format", "npz", "--out", str(tmp_path / name),
+                            "--quiet", *extra]) == 0
+    own = np.load(tmp_path / "own" / "drl_s4.npz")["images"].astype(np.int16)
+    exp = np.load(tmp_path / "exp" / "export-onnx_s4.npz")["images"].astype(np.int16)
+    assert own.shape == exp.shape == (5, 8, 8, 1) and np.abs(own - exp).max() <= 1  # uint8 rounding of 1e-4
+    manifest = json.loads((tmp_path / "exp" / "export-onnx_s4.json").read_text())
+    assert manifest["path"] == "export: onnx per-step, fp32" and manifest["batch"] == 3
+    capsys.readouterr()
+    assert sample_main([str(run), "--n", "2", "--batch", "4", "--out", str(tmp_path / "x"),
+                        "--from-export", str(out)]) == 2
+    assert "the artifact's static batch is 3" in capsys.readouterr().err
+    # Refusals, one line each, before any image: other weights, another method's artifact, a missing graph file.
+    for field, value, says in (("run", {"weights_sha256": "0" * 16, "run_dir": "elsewhere"}, "exported from elsewhere"),
+                               ("sampler", None, "holds a DAMC prior sampler, not a DRL run's"),
+                               ("sampler", "coopvae", "holds a COOPVAE run's sampler, not a DRL run's")):
+        bad = tmp_path / f"bad-{field}"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(out, bad)
+        raw = json.loads((bad / "sampler.json").read_text())
+        raw[field] = value
+        (bad / "sampler.json").write_text(json.dumps(raw))
+        assert sample_main([str(run), "--n", "2", "--out", str(tmp_path / "y"), "--from-export", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1 and not list((tmp_path / "y").glob("*.png"))
+    (tmp_path / "bad-sampler" / "step.onnx").unlink()
+    shutil.copy(out / "sampler.json", tmp_path / "bad-sampler" / "sampler.json")
+    assert sample_main([str(run), "--n", "2", "--out", str(tmp_path / "y"), "--from-export",
+                        str(tmp_path / "bad-sampler")]) == 2
+    assert "step.onnx is missing; export again" in capsys.readouterr().err

@@ -43,8 +43,10 @@ __all__ = [
     "Sidecar",
     "TensorSpec",
     "atomic_directory",
+    "check_files",
     "prior_weights_hash",
     "config_hash",
+    "read_raw_sidecar",
     "read_sidecar",
     "weights_hash",
     "write_sidecar",
@@ -143,8 +145,9 @@ def _spec_list(raw: Any, where: str) -> list[TensorSpec]:
     return [TensorSpec(str(d["name"]), [int(s) for s in d["shape"]], str(d["dtype"])) for d in raw]
 
 
-def read_sidecar(path: Path) -> tuple[Path, Sidecar]:
-    """(artifact directory, sidecar) for an artifact directory or its ``sampler.json``; ExportError otherwise."""
+def read_raw_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
+    """(artifact directory, ``sampler.json`` as parsed JSON) for an artifact directory or its ``sampler.json``;
+    ExportError when there is none or it is not a JSON object."""
     directory = path if path.is_dir() else path.parent
     file = directory / SIDECAR
     if not path.exists():
@@ -154,6 +157,21 @@ def read_sidecar(path: Path) -> tuple[Path, Sidecar]:
                           "python -m engine.export")
     try:
         raw = json.loads(file.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"--from-export {path}: unreadable {SIDECAR} ({exc}); export again") from None
+    return directory, raw
+
+
+def read_sidecar(path: Path) -> tuple[Path, Sidecar]:
+    """(artifact directory, sidecar) of a DAMC prior sampler's artifact directory or its ``sampler.json``;
+    ExportError otherwise."""
+    directory, raw = read_raw_sidecar(path)
+    if isinstance(raw.get("sampler"), str):  # engine.export.own's sidecar: a method's own sampler graphs
+        raise ExportError(f"--from-export {path}: holds a {raw['sampler'].upper()} run's sampler, not a DAMC prior "
+                          "sampler; pass the run it was exported from")
+    try:
         if raw.get("sidecar_version") != SIDECAR_VERSION:
             raise ValueError(f"sidecar_version {raw.get('sidecar_version')!r}, this engine reads {SIDECAR_VERSION}")
         graphs = {name: GraphIO(str(g["file"]), _spec_list(g["inputs"], f"{name}.inputs"),
@@ -168,10 +186,15 @@ def read_sidecar(path: Path) -> tuple[Path, Sidecar]:
             raise ValueError(f"batch {sidecar.batch}, n_steps {sidecar.n_steps}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ExportError(f"--from-export {path}: unreadable {SIDECAR} ({exc}); export again") from None
-    for g in sidecar.graphs.values():
+    check_files(path, directory, sidecar.graphs)
+    return directory, sidecar
+
+
+def check_files(path: Path, directory: Path, graphs: Mapping[str, GraphIO]) -> None:
+    """ExportError naming the first graph file a sidecar lists that is not in ``directory``."""
+    for g in graphs.values():
         if not (directory / g.file).is_file():
             raise ExportError(f"--from-export {path}: {g.file} is missing; export again")
-    return directory, sidecar
 
 
 def _fsync_tree(root: Path) -> None:

@@ -5,8 +5,9 @@ directory renamed into place (:func:`engine.export.artifact.atomic_directory`).
 
 The artifact: the graph files and ``sampler.json`` (:class:`OwnSidecar`: the method, the graphs' interfaces, the
 driver loop and noise recipe in words, the constants a driver needs, the run and its weights' hash, the
-verification). ``engine.sample --from-export`` drives the DAMC prior sampler's artifacts only; such an artifact is
-driven by its own loop (:meth:`SamplerGraphs.drive <engine.learners.base.SamplerGraphs>`, or the sidecar's words).
+verification). ``engine.sample RUN --from-export DIR`` drives it with the method's own loop
+(:meth:`SamplerGraphs.drive <engine.learners.base.SamplerGraphs>`; a deployment follows the sidecar's words), after
+:func:`open_artifact` has checked that it was exported from that run's weights.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from engine.export.artifact import (
     GraphIO,
     TensorSpec,
     atomic_directory,
+    check_files,
     config_hash,
+    read_raw_sidecar,
     weights_hash,
 )
 from engine.export.build import ExportSpec, non_aten_ops
@@ -38,8 +41,10 @@ from engine.export.runner import FORMAT_MODULES
 from engine.files import atomic_write
 from engine.learners import Learner, Method
 from engine.learners.base import SamplerGraphs
+from engine.sampling.noise import NoiseStream
 
-__all__ = ["FORMATS", "OwnSidecar", "export_own", "load_graphs", "read_own_sidecar"]
+__all__ = ["FORMATS", "OwnArtifact", "OwnSidecar", "export_own", "load_graphs", "open_artifact", "read_own_artifact",
+           "read_own_sidecar"]
 
 FORMATS = ("onnx", "pt2")  # the portable formats, loaded back here without a compiler
 VERIFY_SEED = 1  # the noise of the verification draw (the example inputs use seed 0)
@@ -72,11 +77,68 @@ class OwnSidecar:
         atomic_write(directory / SIDECAR, lambda f: f.write(text.encode()))
 
 
-def read_own_sidecar(directory: Path) -> OwnSidecar:
-    raw = json.loads((directory / SIDECAR).read_text())
+def _parse(raw: dict[str, Any]) -> OwnSidecar:
     graphs = {k: GraphIO(g["file"], [TensorSpec(**s) for s in g["inputs"]], [TensorSpec(**s) for s in g["outputs"]])
               for k, g in raw["graphs"].items()}
     return OwnSidecar(**{**raw, "graphs": graphs})
+
+
+def read_own_sidecar(directory: Path) -> OwnSidecar:
+    return _parse(json.loads((directory / SIDECAR).read_text()))
+
+
+def read_own_artifact(path: Path, method: str) -> tuple[Path, OwnSidecar]:
+    """(directory, sidecar) of an artifact of a ``method`` run's own sampler; ExportError naming the fix otherwise
+    (another method's artifact, a DAMC prior sampler's, an unreadable sidecar, a missing graph file)."""
+    directory, raw = read_raw_sidecar(path)
+    sampler = raw.get("sampler")
+    if sampler != method:
+        what = f"a {sampler.upper()} run's sampler" if isinstance(sampler, str) else "a DAMC prior sampler"
+        raise ExportError(f"--from-export {path}: holds {what}, not a {method.upper()} run's; pass the run it was "
+                          "exported from")
+    try:
+        sidecar = _parse(raw)
+        if sidecar.sidecar_version != 1 or sidecar.format not in FORMATS or sidecar.batch < 1 or not sidecar.graphs:
+            raise ValueError(f"sidecar_version {sidecar.sidecar_version}, format {sidecar.format!r}, batch "
+                             f"{sidecar.batch}, graphs {sorted(sidecar.graphs)}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(f"--from-export {path}: unreadable {SIDECAR} ({exc}); export again") from None
+    check_files(path, directory, sidecar.graphs)
+    return directory, sidecar
+
+
+@dataclass
+class OwnArtifact:
+    """An artifact of a method's own sampler, loaded and checked against the run: ``images(stream, rows)``."""
+
+    sidecar: OwnSidecar
+    graphs: SamplerGraphs  # the run's, for the driver loop (never traced or exported here)
+    loaded: dict[str, Callable[..., Tensor]]  # the artifact's graphs as torch callables
+
+    def images(self, stream: NoiseStream, rows: int) -> Tensor:
+        """The next ``rows`` (≤ the artifact's batch) images (rows, C, H, W) on ``stream``."""
+        return self.graphs.drive(self.loaded, stream, rows)
+
+
+def open_artifact(method: Method, learner: Learner, path: Path, device: torch.device) -> OwnArtifact:
+    """Load ``path`` for sampling ``learner``'s run: ExportError (one line, before any image) when the artifact was
+    exported from other weights, its format's runtime is missing, or a graph file does not load."""
+    assert method.export_graphs is not None
+    directory, sidecar = read_own_artifact(path, method.name)
+    FORMAT_MODULES[sidecar.format].require(device)
+    graphs = method.export_graphs(learner, sidecar.batch, PRECISIONS[sidecar.precision], device)
+    if weights_hash(graphs.weights) != sidecar.run.get("weights_sha256"):
+        r = sidecar.run
+        raise ExportError(f"--from-export {path} was exported from {r.get('run_dir')}/{r.get('checkpoint')} "
+                          f"(iteration {r.get('iteration')}), not from this checkpoint; pass that --checkpoint or "
+                          "export this one")
+    try:
+        loaded = load_graphs(directory, sidecar, device)
+    except Exception as exc:  # noqa: BLE001 - a corrupt graph file surfaces as the loader's own exception
+        raise ExportError(f"--from-export {path}: cannot load the {sidecar.format} graphs "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                          "export again") from None
+    return OwnArtifact(sidecar, graphs, loaded)
 
 
 def _spec(name: str, t: Tensor) -> TensorSpec:
@@ -134,12 +196,12 @@ def export_own(method: Method, learner: Learner, spec: ExportSpec, out: Path, *,
 
 def verify(graphs: SamplerGraphs, directory: Path, sidecar: OwnSidecar, device: torch.device) -> dict[str, Any]:
     """The artifact, loaded back, on a fresh draw (seed VERIFY_SEED) against the engine's eager fp32 sampler."""
-    want = graphs.reference(VERIFY_SEED)
+    want = graphs.reference(graphs.stream(VERIFY_SEED), sidecar.batch)
     entry: dict[str, Any] = {"noise_seed": VERIFY_SEED, "reference": "engine eager fp32 sampler, same noise"}
     try:
         loaded = load_graphs(directory, read_own_sidecar(directory), device)
         with torch.no_grad():
-            got = graphs.drive(loaded, VERIFY_SEED)
+            got = graphs.drive(loaded, graphs.stream(VERIFY_SEED), sidecar.batch)
     except Exception as exc:  # noqa: BLE001 - e.g. a runtime without a kernel for this precision
         entry["skipped"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         return entry

@@ -6,11 +6,15 @@ default):
   sampler, paper eq. 5), then G; or ``lebm``;
 * an LEBM run: ``lebm``, z_0 ~ N(0, I), then ``--lebm-steps`` Langevin steps on E(z) + ½‖z‖² (paper eq. 3, noise
   on) at ``--lebm-step-size`` (defaults: the run's ``eval.lebm_steps`` / ``eval.lebm_step_size``), then G;
-* a CoopVAEBM run: ``ebm`` (the VAE's draw revised by the EBM's Langevin chain) or ``vae`` (the VAE's draw alone).
+* a CoopVAEBM run: ``ebm`` (the VAE's draw revised by the EBM's Langevin chain) or ``vae`` (the VAE's draw alone);
+* a Dual-MCMC run: ``ebm`` (the generator's draw revised by the EBM's chain) or ``gen``;
+* a DRL run: ``drl``, the T-level sampler from N(0, I).
 
 Paths: on a GPU the engine's fast path (``perf.preset: fast`` through the learner's chains: bf16, CUDA graphs,
 fused kernels); on CPU (or ``--perf reference``) the eager fp32 reference; with ``--from-export DIR`` an
-artifact of ``python -m engine.export``, driven by :mod:`engine.export.runner`.
+artifact of ``python -m engine.export``: a DAMC prior sampler's, driven by :mod:`engine.export.runner`, or a
+method's own sampler graphs (DRL's step graph), driven by the method's loop (:mod:`engine.export.own`); either
+is refused, before any work, unless it was exported from the checkpoint being sampled.
 
 Determinism: all noise comes from :mod:`engine.sampling.noise` (one seeded CPU stream, one draw per sample), so
 image i depends only on (``--seed``, i), whatever ``--batch``, ``--n``, device or path (except where a network
@@ -46,6 +50,7 @@ from engine import learners
 from engine.config import from_dict
 from engine.export.artifact import ExportError, check_writable, prior_weights_hash, read_sidecar
 from engine.export.cli import MAX_BATCH, OneLineParser, one_line, resolve_checkpoint, resolve_device
+from engine.export.own import OwnArtifact, open_artifact, read_own_artifact
 from engine.export.runner import ArtifactSampler, check_loadable, load_artifact
 from engine.files import atomic_write
 from engine.learners import Learner
@@ -141,9 +146,6 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.from_export and not run.exportable:
         raise ExportError(f"--from-export: {run_dir} is {a_run} (no exportable sampler); pass the run the artifact "
                           "was exported from")
-    if args.from_export and run.export_graphs is not None:
-        raise ExportError(f"--from-export drives the DAMC prior sampler's artifacts; {run_dir} is {a_run}, whose "
-                          "artifact is one step graph and the driver loop in its sampler.json; sample the run itself")
     method = args.method or run.kinds[0]
     if method not in run.kinds:
         raise ExportError(f"--method {method}: {run_dir} is {a_run}, which draws {', '.join(run.kinds)}; use "
@@ -158,18 +160,23 @@ def _plan(args: argparse.Namespace) -> _Plan:
             raise ExportError(f"--from-export samples an exported {run.kinds[0].upper()} prior sampler; drop "
                               f"--method {method}")
         artifact = Path(args.from_export)
-        _, sidecar = read_sidecar(artifact)
-        if args.batch is not None and args.batch > sidecar.batch:
-            raise ExportError(f"--batch {args.batch}: the artifact's static batch is {sidecar.batch}; omit --batch")
-        r = sidecar.run
-        if (prior_weights_hash(state["amortizer"], state["generator"]) != r.get("weights_sha256")
-                or sidecar.n_steps != cfg.diffusion.n_steps):
-            raise ExportError(f"--from-export {artifact} was exported from {r.get('run_dir')}/{r.get('checkpoint')} "
-                              f"(iteration {r.get('iteration')}), not from {ckpt}; pass that --checkpoint or export "
-                              "this one")
-        check_loadable(sidecar, device)
-        batch = args.batch or sidecar.batch
-        tag = f"export-{sidecar.format}"
+        if run.export_graphs is not None:  # the method's own graphs: checked against the weights once loaded
+            _, own_sidecar = read_own_artifact(artifact, run.name)
+            static, fmt = own_sidecar.batch, own_sidecar.format
+        else:
+            _, sidecar = read_sidecar(artifact)
+            r = sidecar.run
+            if (prior_weights_hash(state["amortizer"], state["generator"]) != r.get("weights_sha256")
+                    or sidecar.n_steps != cfg.diffusion.n_steps):
+                raise ExportError(f"--from-export {artifact} was exported from {r.get('run_dir')}/"
+                                  f"{r.get('checkpoint')} (iteration {r.get('iteration')}), not from {ckpt}; pass "
+                                  "that --checkpoint or export this one")
+            check_loadable(sidecar, device)
+            static, fmt = sidecar.batch, sidecar.format
+        if args.batch is not None and args.batch > static:
+            raise ExportError(f"--batch {args.batch}: the artifact's static batch is {static}; omit --batch")
+        batch = args.batch or static
+        tag = f"export-{fmt}"
     if args.format == "npz" and args.n * math.prod(shape) > MAX_NPZ_BYTES:
         raise ExportError(f"--n {args.n}: {args.n * math.prod(shape) / 2**30:.1f} GiB of uint8 images is too much "
                           "for one .npz in memory; use --format png")
@@ -205,9 +212,12 @@ def _use_fast_path(learner: Learner, device: torch.device, mode: str) -> str:
     return plan.describe()
 
 
-def _batch(learner: Learner, kind: str, stream: NoiseStream, b: int, sampler: ArtifactSampler | None,
+def _batch(learner: Learner, kind: str, stream: NoiseStream, b: int, sampler: ArtifactSampler | OwnArtifact | None,
            steps: int | None, step_size: float | None) -> Tensor:
     """The next b images: through the artifact when one is loaded, else the learner's own seeded draw."""
+    if isinstance(sampler, OwnArtifact):
+        with torch.no_grad():
+            return sampler.images(stream, b)
     if sampler is not None:
         return sampler.images(prior_noise(stream, b))
     return learner.sample_from(kind, stream, b, steps=steps, step_size=step_size)
@@ -236,9 +246,11 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
     """Draw and write the images; returns the manifest (also written next to them)."""
     plan = _plan(args)
     learner = checkpoint.load_run(plan.run_dir, plan.device, plan.ckpt)
-    sampler = None
+    sampler: ArtifactSampler | OwnArtifact | None = None
     if plan.artifact is not None:
-        sampler = load_artifact(plan.artifact, plan.device)
+        method = learners.get(learner.method)
+        sampler = (open_artifact(method, learner, plan.artifact, plan.device) if method.export_graphs is not None
+                   else load_artifact(plan.artifact, plan.device))
         path = f"export: {sampler.sidecar.format} {sampler.sidecar.structure}, {sampler.sidecar.precision}"
     else:
         path = _use_fast_path(learner, plan.device, args.perf)
@@ -310,7 +322,7 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
                                        "other images of its batch (--batch)")
     if plan.artifact is not None:
         manifest["artifact"] = str(plan.artifact)
-    if sampler is not None and sampler.note:
+    if isinstance(sampler, ArtifactSampler) and sampler.note:
         manifest["note"] = sampler.note
     atomic_write(plan.out / f"{plan.tag}.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     _say(f"wrote {n} {plan.method.upper()} images ({path}) to {plan.out} as {fmt} in {seconds:.1f} s")

@@ -98,15 +98,18 @@ class GraphSpec:
 class SamplerGraphs:
     """A method's sampler as graphs that export (every random number an input), with how to drive them.
 
-    ``drive(graphs, seed)``: the images (batch, C, H, W) the graphs (name -> callable, e.g. an onnxruntime session)
-    give on the ``engine.sample`` noise stream of ``seed``; ``reference(seed)``: the engine's own eager fp32 images on
-    the same noise (what an artifact is verified against). ``driver`` and ``noise`` say the same in words for
-    ``sampler.json``; ``info``: plain-JSON constants a driver needs (levels, step counts, scales).
+    ``stream(seed)``: the ``engine.sample`` noise stream of ``seed``; ``drive(graphs, stream, rows)``: the next
+    ``rows`` (≤ the export's static batch) images (rows, C, H, W) the graphs (name -> callable, e.g. an onnxruntime
+    session) give on that stream's next ``rows`` draws, as ``engine.sample --from-export`` runs them;
+    ``reference(stream, rows)``: the engine's own eager fp32 images on the same draws (what an artifact is verified
+    against). ``driver`` and ``noise`` say the same in words for ``sampler.json``; ``info``: plain-JSON constants a
+    driver needs (levels, step counts, scales).
     """
 
     graphs: dict[str, GraphSpec]
-    drive: Callable[[dict[str, Callable[..., Tensor]], int], Tensor]
-    reference: Callable[[int], Tensor]
+    stream: Callable[[int], NoiseStream]
+    drive: Callable[[dict[str, Callable[..., Tensor]], NoiseStream, int], Tensor]
+    reference: Callable[[NoiseStream, int], Tensor]
     driver: str
     noise: dict[str, str]
     info: dict[str, Any]

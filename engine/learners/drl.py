@@ -408,33 +408,39 @@ def export_graphs(learner: Learner, batch: int, dtype: torch.dtype, device: torc
     step = LangevinStepGraph(net, temb, coef, dtype).to(device).eval()
     scale = [float(v) for v in tb.scale.tolist()]
 
-    def noise(seed: int) -> tuple[Tensor, Tensor]:
-        stream = NoiseStream(seed, learner.cfg.model.nz, learner.noise_width("drl"))
-        x_top, xi = learner.split_noise(stream.take(batch).flatten(1))
+    def stream(seed: int) -> NoiseStream:
+        return NoiseStream(seed, learner.cfg.model.nz, learner.noise_width("drl"))
+
+    def noise(draws: NoiseStream, rows: int) -> tuple[Tensor, Tensor]:
+        """The next ``rows`` samples' x_T and ξ, padded with zero rows to the graphs' static batch (every row is
+        its own chain: the padding changes no real row)."""
+        flat = draws.take(rows).flatten(1)
+        if rows < batch:
+            flat = torch.cat([flat, flat.new_zeros(batch - rows, flat.shape[1])])
+        x_top, xi = learner.split_noise(flat)
         return x_top.to(device), xi.to(device)
 
-    def drive(graphs: dict[str, Callable[..., Tensor]], seed: int) -> Tensor:
-        x, xi = noise(seed)
+    def drive(graphs: dict[str, Callable[..., Tensor]], draws: NoiseStream, rows: int) -> Tensor:
+        x, xi = noise(draws, rows)
         for j, level in enumerate(range(learner.levels - 1, -1, -1)):
             t = torch.full((1,), level, dtype=torch.int64, device=device)
             x_tilde = y = x
             for k in range(c.langevin_steps):
                 y = graphs["step"](t, y, x_tilde, xi[j, k])
             x = y / scale[level]
-        return x
+        return x[:rows]
 
-    def reference(seed: int) -> Tensor:
-        stream = NoiseStream(seed, learner.cfg.model.nz, learner.noise_width("drl"))
+    def reference(draws: NoiseStream, rows: int) -> Tensor:
         with torch.no_grad():
-            return learner.sample_from("drl", stream, batch).to(device)
+            return learner.sample_from("drl", draws, rows).to(device)
 
-    x_top, xi = noise(0)
+    x_top, xi = noise(stream(0), batch)
     # x̃ must be its own tensor: an input passed twice is traced as one (the graph would then ignore x̃).
     example = (torch.full((1,), c.levels - 1, dtype=torch.int64, device=device), x_top, x_top.clone(), xi[0, 0])
     info = {"levels": c.levels, "langevin_steps": c.langevin_steps, "noise_scale": c.eval_noise_scale,
             "scale": scale, "image_shape": list(x_top.shape[1:])}
-    return SamplerGraphs({"step": GraphSpec(step, example, ("t", "y", "x_tilde", "xi"), "y_next")}, drive,
-                         reference, DRIVER, dict(NOISE), info, net.state_dict())
+    return SamplerGraphs({"step": GraphSpec(step, example, ("t", "y", "x_tilde", "xi"), "y_next")}, stream,
+                         drive, reference, DRIVER, dict(NOISE), info, net.state_dict())
 
 
 # Seed 002 abstract: unconditional CIFAR-10 FID 9.58 (the T6 setting).

@@ -129,6 +129,8 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "export missing": ([*BASE, "--from-export", "{tmp}/none"], "", "--from-export {tmp}/none: no such file"),
     "export without sidecar": ([*BASE, "--from-export", "{tmp}"], "", "no sampler.json there"),
     "export sidecar corrupt": ([*BASE, "--from-export", "{tmp}/art"], "bad-sidecar", "unreadable sampler.json"),
+    "export of a DRL sampler": ([*BASE, "--from-export", "{tmp}/art"], "own-sidecar",
+                                "holds a DRL run's sampler, not a DAMC prior sampler; pass the run it was exported"),
     "export on an lebm run": (["{lebm}", *BASE[1:], "--from-export", "{tmp}/art"], "sidecar",
                               "is an LEBM run (no exportable sampler); pass the run the artifact was exported from"),
     "export and lebm": ([*BASE, "--from-export", "{tmp}/art", "--method", "lebm"], "sidecar",
@@ -156,9 +158,10 @@ def test_bad_requests_are_one_line_and_write_nothing(case: str, damc_run: Path, 
     elif setup == "full-disk":
         usage = shutil.disk_usage(tmp_path)
         monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
-    elif setup in ("sidecar", "bad-sidecar"):
+    elif setup in ("sidecar", "bad-sidecar", "own-sidecar"):
         (tmp_path / "art").mkdir()
-        (tmp_path / "art" / "sampler.json").write_text("{" if setup == "bad-sidecar" else "{}")
+        text = {"sidecar": "{}", "bad-sidecar": "{", "own-sidecar": '{"sampler": "drl", "sidecar_version": 1}'}
+        (tmp_path / "art" / "sampler.json").write_text(text[setup])
     fill = {"run": str(damc_run), "lebm": str(lebm_run), "out": str(out), "tmp": str(tmp_path)}
     before = sorted(p.name for p in tmp_path.iterdir())
     assert _rc([a.format(**fill) for a in template]) == 2
