@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -128,10 +130,9 @@ def test_a_checkpoint_of_another_method_is_one_line(tmp_path: Path) -> None:
         checkpoint.restore(learner, None, state)  # type: ignore[arg-type]
 
 
-def test_sample_and_eval_of_a_coopvae_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_sample_and_eval_of_a_coopvae_run(tmp_path: Path, small_eval: Callable[[Path], dict[str, Any]],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     from engine.eval import cli as ev
-    from engine.eval import fid
     from engine.export.sample import main as sample_main
 
     run = tmp_path / "coop"
@@ -146,26 +147,7 @@ def test_sample_and_eval_of_a_coopvae_run(tmp_path: Path, monkeypatch: pytest.Mo
     assert sample_main([str(run), "--n", "2", "--out", str(tmp_path / "x"), "--method", "damc"]) == 2
     assert "is a COOPVAE run, which draws ebm, vae" in capsys.readouterr().err
 
-    proj = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
-
-    class Stub:
-        sha256, device = "stub", torch.device("cpu")
-
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def __call__(self, images: torch.Tensor) -> torch.Tensor:
-            return torch.relu(images.flatten(1) @ proj)
-
-    monkeypatch.setattr(fid, "inception_path", lambda: tmp_path / "default_1.pt")
-    monkeypatch.setattr(fid, "InceptionFeatures", Stub)
-    monkeypatch.setenv("DAMC_CACHE", str(tmp_path / "cache"))
-    out_json = tmp_path / "eval.json"
-    assert ev.main([str(run), "--metrics", "fid,mse,chains", "--fid-samples", "20", "--batch", "10",
-                    "--chain-steps", "4", "--chains", "2", "--snapshots", "3", "--out", str(out_json),
-                    "--quiet"]) == 0
-    report = json.loads(out_json.read_text())
-    m = report["metrics"]
+    m = small_eval(run)
     assert {"fid_ebm", "fid_vae", "mse", "chains"} <= set(m)
     assert m["fid_ebm"]["steps"] == 3 and "revised by the EBM" in m["fid_ebm"]["sampler"]
     assert math.isfinite(m["mse"]["value"]) and m["mse"]["init"] == "VAE encoder mean"

@@ -21,20 +21,20 @@ nothing here reads a tensor on the host.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from engine.config import Config
 from engine.learners.base import Grid, LongRun, Method, SampleKind, paired_rows
+from engine.learners.image import ImageChainsMixin
 from engine.learners.memory import F32, Estimate, activation_bytes
 from engine.models import IMAGE_SHAPES
 from engine.models.coopvae import build_coopvae_networks
-from engine.runtime.image_chains import ImageChains, ReferenceImageChains, build_image_chains
+from engine.runtime.image_chains import ImageChains, ReferenceImageChains
 from engine.runtime.perf import REFERENCE, PerfPlan
 from engine.runtime.updates import GradSync, optimizer_step, set_lr
 from engine.sampling.noise import NoiseStream
@@ -45,7 +45,7 @@ _NO_CLIP = math.inf  # the authors apply the gradients as computed (no clipping)
 
 
 @dataclass
-class CoopVAELearner:
+class CoopVAELearner(ImageChainsMixin):
     """Everything one CoopVAEBM iteration reads or writes."""
 
     method: ClassVar[str] = "coopvae"
@@ -77,16 +77,6 @@ class CoopVAELearner:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_ebm": self.opt_ebm, "opt_vae": self.opt_vae}
-
-    def set_plan(self, plan: PerfPlan) -> None:
-        self.plan = plan
-        self.chains = build_image_chains(plan, self.device)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast for the VAE's forward passes under ``perf.amp`` (the losses and the chain's x stay fp32)."""
-        if not self.plan.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_step(self, x: Tensor) -> dict[str, Tensor]:
         out = iteration_updates(self, x)

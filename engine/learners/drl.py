@@ -37,10 +37,11 @@ from torch import Tensor, nn
 
 from engine.config import Config
 from engine.learners.base import GraphSpec, Grid, Learner, LongRun, Method, SampleKind, SamplerGraphs, paired_rows
+from engine.learners.image import ImageChainsMixin
 from engine.learners.memory import F32, Estimate
 from engine.models import IMAGE_SHAPES
 from engine.models.drl import DRL_NETS, DRLEnergyNet, LangevinStepGraph, SpectralNorm, build_drl_energy
-from engine.runtime.image_chains import ImageChains, ReferenceImageChains, build_image_chains
+from engine.runtime.image_chains import ImageChains, ReferenceImageChains
 from engine.runtime.perf import REFERENCE, PerfPlan
 from engine.runtime.updates import GradSync, optimizer_step, set_lr
 from engine.sampling.drl_schedule import DRLSchedule, drl_schedule
@@ -81,7 +82,7 @@ def _rows(v: Tensor) -> Tensor:
 
 
 @dataclass
-class DRLLearner:
+class DRLLearner(ImageChainsMixin):
     """Everything one DRL iteration reads or writes."""
 
     method: ClassVar[str] = "drl"
@@ -120,10 +121,6 @@ class DRLLearner:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
-
-    def set_plan(self, plan: PerfPlan) -> None:
-        self.plan = plan
-        self.chains = build_image_chains(plan, self.device)
 
     def train_step(self, x: Tensor) -> dict[str, Tensor]:
         set_lr(self.opt, warmup_lr(self.cfg, self.iteration))

@@ -32,17 +32,18 @@ import contextlib
 import math
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from engine.config import Config
 from engine.learners.base import Grid, LongRun, Method, SampleKind, paired_rows
+from engine.learners.image import ImageChainsMixin
 from engine.learners.memory import F32, Estimate
 from engine.models import IMAGE_SHAPES
 from engine.models.dualmcmc import build_dualmcmc_networks
-from engine.runtime.image_chains import ImageChains, ReferenceImageChains, build_image_chains
+from engine.runtime.image_chains import ImageChains, ReferenceImageChains
 from engine.runtime.perf import REFERENCE, PerfPlan
 from engine.runtime.updates import GradSync, optimizer_step, set_lr
 from engine.sampling.noise import NoiseStream
@@ -68,7 +69,7 @@ def diag_normal_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 @dataclass
-class DualMCMCLearner:
+class DualMCMCLearner(ImageChainsMixin):
     """Everything one Dual-MCMC iteration reads or writes."""
 
     method: ClassVar[str] = "dualmcmc"
@@ -101,16 +102,6 @@ class DualMCMCLearner:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_ebm": self.opt_ebm, "opt_gen": self.opt_gen, "opt_inf": self.opt_inf}
-
-    def set_plan(self, plan: PerfPlan) -> None:
-        self.plan = plan
-        self.chains = build_image_chains(plan, self.device)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast for G's and q's forward passes under ``perf.amp`` (losses, x and z stay fp32)."""
-        if not self.plan.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_step(self, x: Tensor) -> dict[str, Tensor]:
         out = iteration_updates(self, x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -180,27 +181,11 @@ def test_cli_end_to_end_mse_and_chains(damc_run: Path, capsys: pytest.CaptureFix
     assert not list(damc_run.glob(".*tmp"))
 
 
-def test_cli_fid_plumbing_with_a_stub_network(damc_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_cli_fid_plumbing_with_a_stub_network(damc_run: Path, tmp_path: Path,
+                                              stub_inception: Callable[..., None],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """The FID path end to end (real stats cached, DAMC and LEBM fakes) with a cheap stand-in for Inception."""
-    from engine.eval import fid
-
-    proj = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))  # 32-d features keep it fast
-
-    class Stub:
-        sha256 = "stub"
-        device = torch.device("cpu")
-
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def __call__(self, images: torch.Tensor) -> torch.Tensor:
-            assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
-            return torch.relu(images.flatten(1) @ proj)
-
-    monkeypatch.setattr(fid, "inception_path", lambda: tmp_path / "default_1.pt")
-    monkeypatch.setattr(fid, "InceptionFeatures", Stub)
-    monkeypatch.setenv("DAMC_CACHE", str(tmp_path / "cache"))
+    stub_inception(dim=32, check_range=True)  # 32-d features keep it fast
     out_json = tmp_path / "fid.json"
     assert ev.main([str(damc_run), "--metrics", "fid", "--fid-samples", "60", "--batch", "25", "--lebm-steps", "3",
                     "--out", str(out_json), "--quiet"]) == 0
