@@ -10,7 +10,6 @@ code there. Rows carry ``suite: coopvae``; ``bench/gpu_all.sh`` runs this file b
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench.conftest import measure, plan, sync
+from bench.conftest import learner_on_preset, measure, plan, sync
 from engine.config import Config, load_config
-from engine.learners import build_learner
 from engine.learners.coopvae import CoopVAELearner
-from engine.models import IMAGE_SHAPES
-from engine.runtime import perf, system
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "coopvae"
@@ -41,14 +37,8 @@ def coopvae_config(device: torch.device) -> Config:
 
 def build(cfg: Config, device: torch.device, mode: str) -> dict[str, Callable[[], object]]:
     """The two phases on a learner whose chains follow ``mode``'s preset (as engine.run.train installs them)."""
-    system.seed_init(cfg.train.seed)
-    learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+    learner, x, g = learner_on_preset(cfg, device, mode)
     assert isinstance(learner, CoopVAELearner)
-    resolved, _ = perf.resolve(dataclasses.replace(cfg.perf, preset=mode), device)
-    system.apply_perf(resolved, device)
-    learner.set_plan(resolved)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(cfg.train.batch_size, *IMAGE_SHAPES[cfg.model.arch], generator=g) * 2 - 1).to(device)
     x_hat = learner.draw(cfg.coopvae.n_chains, learner.rng)
     return {"coopvae_iteration": lambda: learner.train_step(x), "coopvae_chain": lambda: learner.revise(x_hat, None)}
 

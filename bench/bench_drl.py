@@ -12,7 +12,6 @@ per shape); on a CPU that preset keeps the reference, so the two rows measure th
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +20,10 @@ from typing import Any
 import pytest
 import torch
 
-from bench.conftest import measure, plan, sync
+from bench.conftest import learner_on_preset, measure, plan, sync
 from engine.config import Config, load_config
-from engine.learners import build_learner
 from engine.learners.drl import DRLLearner
-from engine.models import IMAGE_SHAPES
-from engine.runtime import perf, system
+from engine.runtime import system
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "drl"
@@ -46,15 +43,9 @@ def drl_config(device: torch.device) -> tuple[Config, dict[str, int]]:
 
 def build(cfg: Config, device: torch.device, mode: str, sizes: dict[str, int]) -> dict[str, Callable[[], object]]:
     """The three phases on a learner whose chains follow ``mode``'s preset (as engine.run.train installs them)."""
-    system.seed_init(cfg.train.seed)
-    learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+    learner, x, g = learner_on_preset(cfg, device, mode)
     assert isinstance(learner, DRLLearner)
-    resolved, _ = perf.resolve(dataclasses.replace(cfg.perf, preset=mode), device)
-    system.apply_perf(resolved, device)
-    learner.set_plan(resolved)
-    g = torch.Generator().manual_seed(0)
     b = cfg.train.batch_size
-    x = (torch.rand(b, *IMAGE_SHAPES[cfg.model.arch], generator=g) * 2 - 1).to(device)
     t = torch.randint(cfg.drl.levels, (b,), generator=g).to(device)
     x_tilde = torch.randn(x.shape, generator=g).to(device)
     rng = system.make_generator(device, 1)

@@ -12,7 +12,6 @@ this file beside bench_coopvae.py.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +20,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench.conftest import measure, plan, sync
+from bench.conftest import learner_on_preset, measure, plan, sync
 from engine.config import Config, load_config
-from engine.learners import build_learner
 from engine.learners.dualmcmc import DualMCMCLearner
-from engine.models import IMAGE_SHAPES
-from engine.runtime import perf, system
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "dualmcmc"
@@ -42,14 +38,8 @@ def dualmcmc_config(device: torch.device) -> Config:
 
 def build(cfg: Config, device: torch.device, mode: str) -> dict[str, Callable[[], object]]:
     """The three phases on a learner whose chains follow ``mode``'s preset (as engine.run.train installs them)."""
-    system.seed_init(cfg.train.seed)
-    learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+    learner, x, g = learner_on_preset(cfg, device, mode)
     assert isinstance(learner, DualMCMCLearner)
-    resolved, _ = perf.resolve(dataclasses.replace(cfg.perf, preset=mode), device)
-    system.apply_perf(resolved, device)
-    learner.set_plan(resolved)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(cfg.train.batch_size, *IMAGE_SHAPES[cfg.model.arch], generator=g) * 2 - 1).to(device)
     x_hat = learner.draw(cfg.train.batch_size, learner.rng)
     with torch.no_grad():
         z0 = learner.inference(x)[0].float()

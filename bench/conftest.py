@@ -10,6 +10,7 @@ on CPU it uses tiny sizes and only checks that everything runs. Environment over
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -38,6 +39,22 @@ TINY = SMOKE_OVERRIDES  # the name the first bench used; kept for other bench fi
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def learner_on_preset(cfg: Config, device: torch.device, mode: str) -> tuple[Any, torch.Tensor, torch.Generator]:
+    """(learner, a data batch x (batch, C, H, W) uniform in [−1, 1], the CPU generator that drew it, for further
+    inputs) for a learner whose chains follow ``mode``'s preset, installed as engine.run.train installs it."""
+    from engine.models import IMAGE_SHAPES
+    from engine.runtime import perf
+
+    system.seed_init(cfg.train.seed)
+    learner = build_learner(cfg, device, system.make_generator(device, cfg.train.seed))
+    resolved, _ = perf.resolve(dataclasses.replace(cfg.perf, preset=mode), device)
+    system.apply_perf(resolved, device)
+    learner.set_plan(resolved)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(cfg.train.batch_size, *IMAGE_SHAPES[cfg.model.arch], generator=g) * 2 - 1).to(device)
+    return learner, x, g
 
 
 def _env_int(name: str) -> int | None:

@@ -158,3 +158,17 @@ def test_sample_and_eval_of_a_coopvae_run(tmp_path: Path, small_eval: Callable[[
     assert "this COOPVAE run draws ebm, vae samples; use fid_ebm or fid_vae" in capsys.readouterr().err
     assert ev.main([str(run), "--metrics", "auprc", "--quiet"]) == 2
     assert "not defined for a COOPVAE run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("config", "kinds"), [("coopvae_quickstart", "ebm, vae"), ("dualmcmc_quickstart", "ebm, gen"),
+                                               ("drl_quickstart", "drl")])
+def test_an_image_learner_refuses_a_kind_it_does_not_draw(config: str, kinds: str) -> None:
+    """The image learners' shared kind check (engine.learners.image): the kinds come from the learner itself."""
+    cfg = load_config(str(REPO / "configs" / f"{config}.yaml"))
+    cpu = torch.device("cpu")
+    learner = build_learner(cfg, cpu, system.make_generator(cpu, 0))
+    assert ", ".join(k.name for k in learner.sample_kinds()) == kinds
+    with pytest.raises(ValueError, match=f"sample kind 'damc': a {cfg.method} run draws {kinds}$"):
+        learner.sample("damc", 2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="sample kind 'lebm'"):
+        learner.noise_width("lebm")

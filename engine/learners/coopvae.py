@@ -117,10 +117,6 @@ class CoopVAELearner(ImageChainsMixin):
                            deterministic=False),
                 SampleKind("vae", "x^: VAE draw g(z), z ~ N(0, I)", deterministic=False))
 
-    def _check_kind(self, kind: str) -> None:
-        if kind not in METHOD.kinds:
-            raise ValueError(f"sample kind {kind!r}: a coopvae run draws {', '.join(METHOD.kinds)}")
-
     def sample(self, kind: str, n: int, rng: torch.Generator, *, steps: int | None = None,
                step_size: float | None = None) -> Tensor:
         """n images of ``kind`` drawn as one batch (the generator normalises with the batch's statistics, as the

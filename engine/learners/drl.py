@@ -198,10 +198,6 @@ class DRLLearner(ImageChainsMixin):
                            f"level, s_t^2 = (sigma_cum_t/sigma_cum_0) b^2 sigma_t+1^2, b^2 {c.b_square:g}, noise "
                            f"x{c.eval_noise_scale:g}, EMA net"),)
 
-    def _check_kind(self, kind: str) -> None:
-        if kind not in METHOD.kinds:
-            raise ValueError(f"sample kind {kind!r}: a drl run draws {', '.join(METHOD.kinds)}")
-
     def sample(self, kind: str, n: int, rng: torch.Generator, *, steps: int | None = None,
                step_size: float | None = None) -> Tensor:
         """x_0 of the T-level sampler (n, C, H, W): x_T ~ N(0, I), then the EMA net's chains (model.py:198-217)."""

@@ -197,10 +197,6 @@ class DualMCMCLearner(ImageChainsMixin):
                            noise=c.ebm_chain.noise, deterministic=False),
                 SampleKind("gen", "x^: generator draw g(z), z ~ N(0, I)", deterministic=False))
 
-    def _check_kind(self, kind: str) -> None:
-        if kind not in METHOD.kinds:
-            raise ValueError(f"sample kind {kind!r}: a dualmcmc run draws {', '.join(METHOD.kinds)}")
-
     def _eval_chain(self, steps: int | None, step_size: float | None) -> tuple[int, float]:
         c = self.cfg.dualmcmc
         return (c.eval_steps if steps is None else steps), (c.eval_step_size if step_size is None else step_size)
