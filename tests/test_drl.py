@@ -452,19 +452,31 @@ def test_export_onnx_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert sample_main([str(run), "--n", "2", "--batch", "4", "--out", str(tmp_path / "x"),
                         "--from-export", str(out)]) == 2
     assert "the artifact's static batch is 3" in capsys.readouterr().err
-    # Refusals, one line each, before any image: other weights, another method's artifact, a missing graph file.
-    for field, value, says in (("run", {"weights_sha256": "0" * 16, "run_dir": "elsewhere"}, "exported from elsewhere"),
-                               ("sampler", None, "holds a DAMC prior sampler, not a DRL run's"),
-                               ("sampler", "coopvae", "holds a COOPVAE run's sampler, not a DRL run's")):
-        bad = tmp_path / f"bad-{field}"
-        shutil.rmtree(bad, ignore_errors=True)
+    # Refusals, one line each, before any image: other weights, another method's artifact, tampered fields (an
+    # unknown precision, an absurd batch, a run that is not an object, other input shapes), a missing graph file.
+    def shapes(raw: dict[str, Any]) -> None:
+        raw["graphs"]["step"]["inputs"][1]["shape"] = [3, 1, 4, 4]
+
+    edits: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+        ("run", lambda r: r.update(run={"weights_sha256": "0" * 16, "run_dir": "elsewhere"}),
+         "exported from elsewhere"),
+        ("damc", lambda r: r.update(sampler=None), "holds a DAMC prior sampler, not a DRL run's"),
+        ("sampler", lambda r: r.update(sampler="coopvae"), "holds a COOPVAE run's sampler, not a DRL run's"),
+        ("precision", lambda r: r.update(precision="fp64"), "unreadable sampler.json (sidecar_version 1, format"),
+        ("batch", lambda r: r.update(batch=10**12), "batch 1000000000000, graphs"),
+        ("run-list", lambda r: r.update(run=[]), "unreadable sampler.json"),
+        ("shapes", shapes, "its graph 'step' does not take this run's inputs"),
+    ]
+    for name, edit, says in edits:
+        bad = tmp_path / f"bad-{name}"
         shutil.copytree(out, bad)
         raw = json.loads((bad / "sampler.json").read_text())
-        raw[field] = value
+        edit(raw)
         (bad / "sampler.json").write_text(json.dumps(raw))
         assert sample_main([str(run), "--n", "2", "--out", str(tmp_path / "y"), "--from-export", str(bad)]) == 2
         err = capsys.readouterr().err
-        assert says in err and err.count("\n") == 1 and not list((tmp_path / "y").glob("*.png"))
+        assert says in err and err.count("\n") == 1 and "Traceback" not in err
+        assert not list((tmp_path / "y").glob("*"))
     (tmp_path / "bad-sampler" / "step.onnx").unlink()
     shutil.copy(out / "sampler.json", tmp_path / "bad-sampler" / "sampler.json")
     assert sample_main([str(run), "--n", "2", "--out", str(tmp_path / "y"), "--from-export",

@@ -36,6 +36,7 @@ from engine.files import atomic_write
 
 __all__ = [
     "FORMATS",
+    "MAX_BATCH",
     "SIDECAR",
     "STRUCTURES",
     "ExportError",
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 SIDECAR = "sampler.json"
+MAX_BATCH = 65536  # the static batch of an export (engine.export --batch) and of a sidecar read back
 SIDECAR_VERSION = 1
 FORMATS = ("onnx", "pt2", "aoti", "tensorrt")
 STRUCTURES = ("per-step", "whole")
@@ -182,7 +184,7 @@ def read_sidecar(path: Path) -> tuple[Path, Sidecar]:
         expected = PER_STEP_GRAPHS if sidecar.structure == "per-step" else ("sampler",)
         if tuple(sorted(graphs)) != tuple(sorted(expected)):
             raise ValueError(f"graphs {sorted(graphs)}, expected {sorted(expected)}")
-        if sidecar.batch < 1 or sidecar.n_steps < 2:
+        if not 1 <= sidecar.batch <= MAX_BATCH or sidecar.n_steps < 2:
             raise ValueError(f"batch {sidecar.batch}, n_steps {sidecar.n_steps}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ExportError(f"--from-export {path}: unreadable {SIDECAR} ({exc}); export again") from None

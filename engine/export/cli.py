@@ -20,7 +20,7 @@ import torch
 
 from engine import learners
 from engine.config import SystemConfig
-from engine.export.artifact import FORMATS, SIDECAR, ExportError, Sidecar, check_writable
+from engine.export.artifact import FORMATS, MAX_BATCH, SIDECAR, ExportError, Sidecar, check_writable
 from engine.export.build import ExportSpec, export_sampler
 from engine.export.graphs import PRECISIONS
 from engine.export.own import OwnSidecar, export_own
@@ -33,7 +33,6 @@ from engine.runtime import system
 
 __all__ = ["MAX_BATCH", "OneLineParser", "main", "one_line", "resolve_checkpoint"]
 
-MAX_BATCH = 65536
 
 
 class OneLineParser(argparse.ArgumentParser):

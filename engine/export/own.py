@@ -25,6 +25,7 @@ from torch import Tensor
 
 import engine
 from engine.export.artifact import (
+    MAX_BATCH,
     SIDECAR,
     ExportError,
     GraphIO,
@@ -98,9 +99,10 @@ def read_own_artifact(path: Path, method: str) -> tuple[Path, OwnSidecar]:
                           "exported from")
     try:
         sidecar = _parse(raw)
-        if sidecar.sidecar_version != 1 or sidecar.format not in FORMATS or sidecar.batch < 1 or not sidecar.graphs:
-            raise ValueError(f"sidecar_version {sidecar.sidecar_version}, format {sidecar.format!r}, batch "
-                             f"{sidecar.batch}, graphs {sorted(sidecar.graphs)}")
+        if (sidecar.sidecar_version != 1 or sidecar.format not in FORMATS or sidecar.precision not in PRECISIONS
+                or not 1 <= sidecar.batch <= MAX_BATCH or not sidecar.graphs or not isinstance(sidecar.run, dict)):
+            raise ValueError(f"sidecar_version {sidecar.sidecar_version}, format {sidecar.format!r}, precision "
+                             f"{sidecar.precision!r}, batch {sidecar.batch}, graphs {sorted(sidecar.graphs)}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ExportError(f"--from-export {path}: unreadable {SIDECAR} ({exc}); export again") from None
     check_files(path, directory, sidecar.graphs)
@@ -127,6 +129,11 @@ def open_artifact(method: Method, learner: Learner, path: Path, device: torch.de
     directory, sidecar = read_own_artifact(path, method.name)
     FORMAT_MODULES[sidecar.format].require(device)
     graphs = method.export_graphs(learner, sidecar.batch, PRECISIONS[sidecar.precision], device)
+    for name, g in graphs.graphs.items():  # the run's interface: what the driver will feed the loaded graphs
+        io = sidecar.graphs.get(name)
+        if io is None or [s.shape for s in io.inputs] != [list(t.shape) for t in g.example]:
+            raise ExportError(f"--from-export {path}: its graph {name!r} does not take this run's inputs "
+                              f"({[s.shape for s in io.inputs] if io else 'missing'}); export this run again")
     if weights_hash(graphs.weights) != sidecar.run.get("weights_sha256"):
         r = sidecar.run
         raise ExportError(f"--from-export {path} was exported from {r.get('run_dir')}/{r.get('checkpoint')} "
