@@ -116,10 +116,12 @@ class OwnArtifact:
     sidecar: OwnSidecar
     graphs: SamplerGraphs  # the run's, for the driver loop (never traced or exported here)
     loaded: dict[str, Callable[..., Tensor]]  # the artifact's graphs as torch callables
+    note: str | None = None  # nothing to report (ArtifactSampler's interface: driven eagerly, never captured)
 
-    def images(self, stream: NoiseStream, rows: int) -> Tensor:
+    def draw(self, stream: NoiseStream, rows: int) -> Tensor:
         """The next ``rows`` (≤ the artifact's batch) images (rows, C, H, W) on ``stream``."""
-        return self.graphs.drive(self.loaded, stream, rows)
+        with torch.no_grad():
+            return self.graphs.drive(self.loaded, stream, rows)
 
 
 def open_artifact(method: Method, learner: Learner, path: Path, device: torch.device) -> OwnArtifact:

@@ -24,7 +24,7 @@ from torch import Tensor
 from engine.export import to_aoti, to_onnx, to_pt2, to_tensorrt
 from engine.export.artifact import CallableGraph, ExportError, Sidecar, read_sidecar
 from engine.runtime.graphs import CapturedGraph
-from engine.sampling.noise import PriorNoise
+from engine.sampling.noise import NoiseStream, PriorNoise, prior_noise
 
 __all__ = ["FORMAT_MODULES", "ArtifactSampler", "check_loadable", "drive_per_step", "load_artifact"]
 
@@ -107,6 +107,10 @@ class ArtifactSampler:
                     self.note = f"CUDA-graph capture failed ({str(exc).splitlines()[0][:120]}); driving eagerly"
             out = self._graphed(full) if self._graphed is not None else self._eager(full)
         return out[:rows]
+
+    def draw(self, stream: NoiseStream, rows: int) -> Tensor:
+        """The next ``rows`` images on ``engine.sample``'s noise stream (its next ``rows`` prior-noise draws)."""
+        return self.images(prior_noise(stream, rows))
 
 
 def check_loadable(sidecar: Sidecar, device: torch.device) -> None:

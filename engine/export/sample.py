@@ -60,7 +60,7 @@ from engine.run import checkpoint
 from engine.run.checkpoint import CheckpointError
 from engine.run.images import save_grid, to_uint8
 from engine.runtime import perf, system
-from engine.sampling.noise import MAX_SEED, NoiseStream, prior_noise
+from engine.sampling.noise import MAX_SEED, NoiseStream
 
 __all__ = ["FORMATS", "MAX_GRID", "MAX_N", "main", "sample"]
 
@@ -215,11 +215,8 @@ def _use_fast_path(learner: Learner, device: torch.device, mode: str) -> str:
 def _batch(learner: Learner, kind: str, stream: NoiseStream, b: int, sampler: ArtifactSampler | OwnArtifact | None,
            steps: int | None, step_size: float | None) -> Tensor:
     """The next b images: through the artifact when one is loaded, else the learner's own seeded draw."""
-    if isinstance(sampler, OwnArtifact):
-        with torch.no_grad():
-            return sampler.images(stream, b)
     if sampler is not None:
-        return sampler.images(prior_noise(stream, b))
+        return sampler.draw(stream, b)
     return learner.sample_from(kind, stream, b, steps=steps, step_size=step_size)
 
 
@@ -322,7 +319,7 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
                                        "other images of its batch (--batch)")
     if plan.artifact is not None:
         manifest["artifact"] = str(plan.artifact)
-    if isinstance(sampler, ArtifactSampler) and sampler.note:
+    if sampler is not None and sampler.note:
         manifest["note"] = sampler.note
     atomic_write(plan.out / f"{plan.tag}.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     _say(f"wrote {n} {plan.method.upper()} images ({path}) to {plan.out} as {fmt} in {seconds:.1f} s")
